@@ -1,0 +1,50 @@
+"""Models move by reference: `model.json` = {uri, revision, sha}.
+
+`materialize` turns a reference into a local directory that transformers can
+load: `file://` directly (verified against its manifest when it has one),
+`hf://` through the Hub cache (offline runs use what is cached), `local:` by
+building the offline local models once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from posttrain.store import MANIFEST, verify
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    uri: str
+    revision: str = "main"
+    sha: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelRef":
+        return cls(**json.loads(text))
+
+
+def materialize(ref: ModelRef) -> Path:
+    parsed = urlparse(ref.uri)
+    if ref.uri.startswith("local:"):
+        from posttrain.local_models import prepare
+
+        return prepare(ref.uri.removeprefix("local:"))
+    if parsed.scheme == "file":
+        path = Path(parsed.path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model {ref.uri}: directory not found")
+        if (path / MANIFEST).is_file():
+            verify(path, json.loads((path / MANIFEST).read_text()))
+        return path
+    if parsed.scheme == "hf":
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(parsed.netloc + parsed.path, revision=ref.revision))
+    raise ValueError(f"model {ref.uri}: scheme not supported; allowed: file://, hf://, local:")

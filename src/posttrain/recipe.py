@@ -1,0 +1,344 @@
+"""The recipe: one YAML file per pipeline, profiles as overrides inside it.
+
+`load_recipe(path, profile)` deep-merges the profile over the top level and
+validates the result. Every error names the field, the bad value and what is
+allowed (`RecipeError`), before anything runs or is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# TRL `DPOConfig.loss_type` values the preference stage accepts.
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "apo_zero", "apo_down", "sigmoid_norm", "hinge", "robust")
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message is meant for the user as is."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSource(Strict):
+    # hf://org/name, s3://bucket/prefix, file:///abs/path, or local:<name> for
+    # the models posttrain builds offline (see local_models.py).
+    uri: str
+    revision: str = "main"
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("hf://", "s3://", "file://", "local:")):
+            raise ValueError("must start with hf://, s3://, file:// or local:")
+        return v
+
+
+class DataSource(Strict):
+    """A dataset: a local JSONL file (`path`) or a Hub dataset (`hub`)."""
+
+    name: str
+    path: str | None = None
+    hub: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    revision: str = "main"
+    max_examples: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSource":
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of `path` (a local JSONL file) or `hub` (a Hub dataset id)")
+        return self
+
+
+class DataConfig(Strict):
+    midtrain: list[DataSource] = []
+    sft: list[DataSource]
+    prompts: list[DataSource]
+
+
+class TrainConfig(Strict):
+    """Shared by mid-training and SFT (both TRL SFTTrainer)."""
+
+    enabled: bool = True
+    lr: PositiveFloat = 2e-5
+    epochs: PositiveFloat = 1.0
+    max_steps: int = -1
+    per_device_batch_size: PositiveInt = 1
+    gradient_accumulation_steps: PositiveInt = 1
+    max_length: PositiveInt = 2048
+    packing: bool = True
+    packing_strategy: Literal["bfd", "wrapped"] = "bfd"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03
+    lr_scheduler: Literal["cosine_with_min_lr", "cosine", "linear", "constant"] = "cosine_with_min_lr"
+    min_lr_rate: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    max_grad_norm: PositiveFloat = 0.2
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    bf16: bool = True
+    logging_steps: PositiveInt = 1
+    save_steps: PositiveInt = 500
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        if v == 0 or v < -1:
+            raise ValueError("must be a positive step count, or -1 to train for `epochs`")
+        return v
+
+
+class SFTConfig(TrainConfig):
+    assistant_only_loss: bool = True
+
+
+class PrefgenConfig(Strict):
+    """On-policy samples scored by the IFEval verifier; pairs = best vs worst."""
+
+    method: Literal["on_policy"] = "on_policy"
+    grader: Literal["ifeval_verifier"] = "ifeval_verifier"
+    samples_per_prompt: Annotated[int, Field(ge=2)] = 4
+    temperature: PositiveFloat = 0.8
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    max_new_tokens: PositiveInt = 256
+    min_margin: Annotated[float, Field(ge=0)] = 0.0
+    batch_size: PositiveInt = 16
+    max_prompts_per_chunk: PositiveInt | None = None
+
+
+class PreferenceConfig(Strict):
+    chunks: int = 1
+    loss: str = "apo_zero"
+    beta: PositiveFloat = 0.05
+    lr: PositiveFloat = 1e-6
+    epochs: PositiveFloat = 1.0
+    max_steps: int = -1
+    per_device_batch_size: PositiveInt = 1
+    gradient_accumulation_steps: PositiveInt = 1
+    max_length: PositiveInt = 2048
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    lr_scheduler: Literal["cosine_with_min_lr", "cosine", "linear", "constant"] = "cosine_with_min_lr"
+    min_lr_rate: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    max_grad_norm: PositiveFloat = 0.2
+    padding_free: bool = False
+    bf16: bool = True
+    logging_steps: PositiveInt = 1
+
+    @field_validator("chunks")
+    @classmethod
+    def _chunks(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be at least 1 (the number of preference chunks trained one after another)")
+        return v
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        if v not in PREFERENCE_LOSSES:
+            raise ValueError(f"unknown loss type; allowed: {', '.join(PREFERENCE_LOSSES)}")
+        return v
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        return TrainConfig._steps(v)
+
+
+class EvalConfig(Strict):
+    suites: list[Literal["ifeval"]] = ["ifeval"]
+    # A fixed subset of the IFEval prompts: the first `ifeval_limit` keys in file
+    # order (None = all 541).
+    ifeval_limit: PositiveInt | None = None
+    max_new_tokens: PositiveInt = 1024
+    batch_size: PositiveInt = 16
+
+
+class SelectConfig(Strict):
+    metric: str = "ifeval.prompt_loose"
+    # Release gate: the selected checkpoint may not be worse than the SFT model
+    # by more than this (absolute, on `metric`).
+    max_regression_vs_sft: Annotated[float, Field(ge=0)] = 0.0
+
+
+class PublishConfig(Strict):
+    enabled: bool = True
+
+
+class Toleration(Strict):
+    key: str
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = None
+
+
+class Resources(Strict):
+    """Kubernetes settings for one kind of stage (train / generate / cpu)."""
+
+    gpus: Annotated[int, Field(ge=0)] = 0
+    accelerator: str = "nvidia.com/gpu"
+    cpu: str | None = None
+    memory: str | None = None
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    shm_size: str | None = None
+    timeout_s: PositiveInt = 86400
+    retries: Annotated[int, Field(ge=0)] = 3
+    backoff: str = "60s"
+    backoff_factor: PositiveFloat = 2.0
+    backoff_max: str = "3600s"
+
+
+class SecretRef(Strict):
+    name: str
+    # secret key -> environment variable
+    env: dict[str, str]
+
+
+class ClusterConfig(Strict):
+    images: dict[Literal["train", "generate", "cpu"], str] = {
+        "train": "ghcr.io/posttrain/train:0.1.0",
+        "generate": "ghcr.io/posttrain/generate:0.1.0",
+        "cpu": "ghcr.io/posttrain/cpu:0.1.0",
+    }
+    resources: dict[Literal["train", "generate", "cpu"], Resources] = {
+        "train": Resources(),
+        "generate": Resources(),
+        "cpu": Resources(),
+    }
+    secrets: list[SecretRef] = []
+    store_uri: str = "file:///mnt/posttrain/checkpoints"
+
+
+class Recipe(Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
+    description: str = ""
+    profile: str = "default"
+    seed: int = 42
+    base_model: ModelSource
+    chat_template: str = "chatml"
+    report_to: list[Literal["tensorboard", "none"]] = ["tensorboard"]
+    data: DataConfig
+    midtrain: TrainConfig = TrainConfig(enabled=False)
+    sft: SFTConfig = SFTConfig()
+    prefgen: PrefgenConfig = PrefgenConfig()
+    preference: PreferenceConfig = PreferenceConfig()
+    eval: EvalConfig = EvalConfig()
+    select: SelectConfig = SelectConfig()
+    publish: PublishConfig = PublishConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        from posttrain.templates import available_templates
+
+        if v not in available_templates():
+            raise ValueError(f"unknown chat template; allowed: {', '.join(available_templates())}")
+        return v
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid recipe"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against the recipe format in README.md"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {field} = {e.get('input')!r}: {msg}")
+    return "\n".join(lines)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_local_files(recipe: Recipe, base_dir: Path, source: str) -> Recipe:
+    """Resolve local dataset paths against the repo and pin them by content hash."""
+    data = recipe.data.model_dump()
+    for group, entries in data.items():
+        for i, entry in enumerate(entries):
+            if entry["path"] is None:
+                continue
+            path = (base_dir / entry["path"]).resolve()
+            if not path.is_file():
+                raise RecipeError(
+                    f"{source}: invalid recipe\n  data.{group}.{i}.path = {entry['path']!r}: "
+                    f"file not found (looked for {path}); give a JSONL file relative to the repository root"
+                )
+            entry["path"] = str(path)
+            # A local file's revision is its content hash, so caches see edits.
+            entry["revision"] = "sha256:" + file_sha256(path)
+    return recipe.model_copy(update={"data": DataConfig.model_validate(data)})
+
+
+def load_recipe(path: str | Path, profile: str | None = None) -> Recipe:
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise RecipeError(f"{source}: recipe file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{source}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe is a YAML mapping at the top level")
+    profiles = raw.pop("profiles", {}) or {}
+    profile = profile or "default"
+    if profile != "default":
+        if profile not in profiles:
+            allowed = ", ".join(["default", *profiles]) if profiles else "default"
+            raise RecipeError(f"{source}: invalid recipe\n  profile = {profile!r}: no such profile; allowed: {allowed}")
+        raw = _deep_merge(raw, profiles[profile])
+    raw["profile"] = profile
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(_format_error(e, f"{source} (profile {profile})")) from None
+    # Paths are relative to the repository root, which holds pipelines/.
+    return _check_local_files(recipe, path.resolve().parent.parent, source)
+
+
+def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) and re-validate."""
+    raw = recipe.model_dump()
+    for item in assignments:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r}: expected field.path=value")
+        dotted, value = item.split("=", 1)
+        node = raw
+        keys = dotted.split(".")
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                raise RecipeError(f"override {item!r}: {dotted} is not a recipe field")
+            node = node[key]
+        if keys[-1] not in node:
+            raise RecipeError(f"override {item!r}: {dotted} is not a recipe field")
+        node[keys[-1]] = yaml.safe_load(value)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(_format_error(e, "overrides")) from None
