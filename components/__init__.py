@@ -1,0 +1,16 @@
+"""One KFP lightweight component per stage (one module each), thin wrappers
+around posttrain.stages. This module stays import-light: the component code
+runs inside KFP's executor, which imports posttrain.components._runtime."""
+
+# Which image (and cluster resources) each component runs on.
+IMAGE_KIND = {
+    "preflight": "cpu",
+    "prepare-data": "cpu",
+    "midtrain": "train",
+    "sft": "train",
+    "prefgen": "generate",
+    "preference-train": "train",
+    "evaluate": "generate",
+    "select-best": "cpu",
+    "publish": "cpu",
+}

@@ -48,3 +48,18 @@ def materialize(ref: ModelRef) -> Path:
 
         return Path(snapshot_download(parsed.netloc + parsed.path, revision=ref.revision))
     raise ValueError(f"model {ref.uri}: scheme not supported; allowed: file://, hf://, local:")
+
+
+MODEL_JSON = "model.json"
+
+
+def write_model_ref(artifact_dir: Path, ref: ModelRef) -> None:
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    (artifact_dir / MODEL_JSON).write_text(ref.to_json())
+
+
+def read_model_ref(artifact_dir: Path) -> ModelRef:
+    path = artifact_dir / MODEL_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model artifact has no model.json")
+    return ModelRef.from_json(path.read_text())

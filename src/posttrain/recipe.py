@@ -22,6 +22,10 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
+# The recipe's top level is the cluster profile; other profiles override it.
+CLUSTER_PROFILE = "cluster"
+
+
 class RecipeError(ValueError):
     """A recipe that cannot run; the message is meant for the user as is."""
 
@@ -63,6 +67,8 @@ class DataSource(Strict):
 
 
 class DataConfig(Strict):
+    # prepare_data fails when more than this share of a dataset's rows is unusable.
+    max_invalid_fraction: Annotated[float, Field(ge=0, le=1)] = 0.01
     midtrain: list[DataSource] = []
     sft: list[DataSource]
     prompts: list[DataSource]
@@ -155,6 +161,7 @@ class PreferenceConfig(Strict):
 
 class EvalConfig(Strict):
     suites: list[Literal["ifeval"]] = ["ifeval"]
+    ifeval_data: DataSource = DataSource(name="ifeval", hub="google/IFEval", split="train")
     # A fixed subset of the IFEval prompts: the first `ifeval_limit` keys in file
     # order (None = all 541).
     ifeval_limit: PositiveInt | None = None
@@ -221,7 +228,7 @@ class ClusterConfig(Strict):
 class Recipe(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
     description: str = ""
-    profile: str = "default"
+    profile: str = "cluster"
     seed: int = 42
     base_model: ModelSource
     chat_template: str = "chatml"
@@ -246,10 +253,16 @@ class Recipe(Strict):
         return v
 
 
+def _is_source(value: dict) -> bool:
+    return any(k in value for k in ("path", "hub", "uri"))
+
+
 def _deep_merge(base: dict, override: dict) -> dict:
+    """Profile over base. A mapping that names a source (`path`, `hub` or
+    `uri`) replaces the base's whole source instead of merging into it."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _is_source(value):
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -276,23 +289,35 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _pin_local_file(entry: dict, field: str, base_dir: Path, source: str) -> None:
+    """Resolve a local dataset path against the repo and pin it by content hash."""
+    if entry["path"] is None:
+        return
+    path = (base_dir / entry["path"]).resolve()
+    if not path.is_file():
+        raise RecipeError(
+            f"{source}: invalid recipe\n  {field}.path = {entry['path']!r}: "
+            f"file not found (looked for {path}); give a JSONL file relative to the repository root"
+        )
+    entry["path"] = str(path)
+    # A local file's revision is its content hash, so caches see edits.
+    entry["revision"] = "sha256:" + file_sha256(path)
+
+
 def _check_local_files(recipe: Recipe, base_dir: Path, source: str) -> Recipe:
-    """Resolve local dataset paths against the repo and pin them by content hash."""
     data = recipe.data.model_dump()
     for group, entries in data.items():
-        for i, entry in enumerate(entries):
-            if entry["path"] is None:
-                continue
-            path = (base_dir / entry["path"]).resolve()
-            if not path.is_file():
-                raise RecipeError(
-                    f"{source}: invalid recipe\n  data.{group}.{i}.path = {entry['path']!r}: "
-                    f"file not found (looked for {path}); give a JSONL file relative to the repository root"
-                )
-            entry["path"] = str(path)
-            # A local file's revision is its content hash, so caches see edits.
-            entry["revision"] = "sha256:" + file_sha256(path)
-    return recipe.model_copy(update={"data": DataConfig.model_validate(data)})
+        if isinstance(entries, list):
+            for i, entry in enumerate(entries):
+                _pin_local_file(entry, f"data.{group}.{i}", base_dir, source)
+    ifeval = recipe.eval.ifeval_data.model_dump()
+    _pin_local_file(ifeval, "eval.ifeval_data", base_dir, source)
+    return recipe.model_copy(
+        update={
+            "data": DataConfig.model_validate(data),
+            "eval": recipe.eval.model_copy(update={"ifeval_data": DataSource.model_validate(ifeval)}),
+        }
+    )
 
 
 def load_recipe(path: str | Path, profile: str | None = None) -> Recipe:
@@ -307,10 +332,10 @@ def load_recipe(path: str | Path, profile: str | None = None) -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping at the top level")
     profiles = raw.pop("profiles", {}) or {}
-    profile = profile or "default"
-    if profile != "default":
+    profile = profile or CLUSTER_PROFILE
+    if profile != CLUSTER_PROFILE:
         if profile not in profiles:
-            allowed = ", ".join(["default", *profiles]) if profiles else "default"
+            allowed = ", ".join([CLUSTER_PROFILE, *profiles])
             raise RecipeError(f"{source}: invalid recipe\n  profile = {profile!r}: no such profile; allowed: {allowed}")
         raw = _deep_merge(raw, profiles[profile])
     raw["profile"] = profile

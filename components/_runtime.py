@@ -1,0 +1,34 @@
+"""The one place where KFP artifacts become a stage context and back.
+
+Model and Dataset artifacts are directories; Markdown and HTML artifacts are
+single files; a Metrics output receives the stage's metrics. No ML here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from pathlib import Path
+
+DIRECTORY_ARTIFACTS = ("system.Model", "system.Dataset")
+
+
+def run_stage(stage: str, config: str, inputs: dict, outputs: dict):
+    from posttrain.stages.context import StageContext
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = outputs.pop("metrics", None)
+    out_paths = {}
+    for name, artifact in outputs.items():
+        path = Path(artifact.path)
+        (path if artifact.schema_title in DIRECTORY_ARTIFACTS else path.parent).mkdir(parents=True, exist_ok=True)
+        out_paths[name] = path
+    ctx = StageContext.create(json.loads(config), {k: Path(a.path) for k, a in inputs.items()}, out_paths)
+    result = importlib.import_module(f"posttrain.stages.{stage}").run(ctx)
+    for name, meta in result.metadata.items():
+        outputs[name].metadata.update(meta)
+    if metrics is not None:
+        for name, value in result.metrics.items():
+            metrics.log_metric(name, value)
+    return result

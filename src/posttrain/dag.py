@@ -1,0 +1,142 @@
+"""The DAG builder: a validated Recipe becomes a KFP pipeline.
+
+preflight ─▶ prepare_data ─▶ [midtrain] ─▶ sft ─▶ for k in 1..K: prefgen_k ─▶
+preference_train_k ─▶ evaluate ─▶ select_best ─▶ If(gate) ─▶ publish
+
+The chunk loop is unrolled here, at compile time, so the UI shows every chunk
+as its own tasks and caching reuses finished chunks. Each evaluate appends a
+row to a scoreboard that flows from task to task, so select_best sees every
+checkpoint through one input. Cluster settings come from the recipe and are
+applied only when compiling for a cluster; KFP's local runner ignores them.
+"""
+
+import json
+from typing import NamedTuple
+
+from kfp import dsl, kubernetes
+from kfp.dsl import Markdown
+
+from posttrain.components import IMAGE_KIND
+from posttrain.components.evaluate import evaluate
+from posttrain.components.midtrain import midtrain
+from posttrain.components.prefgen import prefgen
+from posttrain.components.preference_train import preference_train
+from posttrain.components.preflight import preflight
+from posttrain.components.prepare_data import prepare_data
+from posttrain.components.publish import publish
+from posttrain.components.select_best import select_best
+from posttrain.components.sft import sft
+from posttrain.recipe import Recipe, Resources
+from posttrain.stages.context import STORE_ENV
+
+
+# No `from __future__ import annotations` here: KFP reads these annotations.
+PipelineOutputs = NamedTuple("Outputs", [("report", Markdown), ("stats", Markdown)])
+
+
+def _common(recipe: Recipe, task: str) -> dict:
+    return {
+        "recipe": recipe.name,
+        "profile": recipe.profile,
+        "task": task,
+        "seed": recipe.seed,
+        "chat_template": recipe.chat_template,
+        "report_to": recipe.report_to,
+        "store_uri": recipe.cluster.store_uri,
+    }
+
+
+def stage_configs(recipe: Recipe) -> dict[str, dict]:
+    """Each task's config: only the recipe fields it uses, so a changed knob
+    invalidates the cache of the tasks that read it and what depends on them."""
+    r = recipe.model_dump(mode="json")
+    k_total = recipe.preference.chunks
+    cfg = {
+        "preflight": {
+            **_common(recipe, "preflight"),
+            "base_model": r["base_model"],
+            "sources": [s for g in ("midtrain", "sft", "prompts") for s in r["data"][g]] + [r["eval"]["ifeval_data"]],
+        },
+        "prepare_data": {**_common(recipe, "prepare_data"), "data": r["data"]},
+        "midtrain": {**_common(recipe, "midtrain"), "train": r["midtrain"]},
+        "sft": {**_common(recipe, "sft"), "train": r["sft"]},
+        "select_best": {**_common(recipe, "select_best"), "select": r["select"]},
+        "publish": {**_common(recipe, "publish"), "publish": r["publish"]},
+    }
+    for label in eval_labels(recipe):
+        cfg[f"evaluate_{label}"] = {**_common(recipe, f"evaluate_{label}"), "label": label, "eval": r["eval"]}
+    for k in range(1, k_total + 1):
+        chunk = {"chunk": k, "chunks": k_total}
+        cfg[f"prefgen_{k}"] = {**_common(recipe, f"prefgen_{k}"), **chunk, "prefgen": r["prefgen"]}
+        cfg[f"preference_train_{k}"] = {**_common(recipe, f"preference_train_{k}"), **chunk, "preference": r["preference"]}
+    return cfg
+
+
+def eval_labels(recipe: Recipe) -> list[str]:
+    """Rows of the results table, in pipeline order."""
+    chunks = [f"chunk-{k}" for k in range(1, recipe.preference.chunks + 1)]
+    return ["base", *(["midtrain"] if recipe.midtrain.enabled else []), "sft", *chunks]
+
+
+def _apply_cluster(task: dsl.PipelineTask, recipe: Recipe, kind: str) -> None:
+    res: Resources = recipe.cluster.resources[kind]
+    task.set_container_image(recipe.cluster.images[kind])
+    if res.gpus:
+        task.set_accelerator_type(res.accelerator).set_accelerator_limit(res.gpus)
+    if res.cpu:
+        task.set_cpu_limit(res.cpu)
+    if res.memory:
+        task.set_memory_limit(res.memory)
+    for key, value in res.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for t in res.tolerations:
+        kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect)
+    if res.shm_size:
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=res.shm_size)
+    for secret in recipe.cluster.secrets:
+        kubernetes.use_secret_as_env(task, secret_name=secret.name, secret_key_to_env=secret.env)
+    task.set_env_variable(STORE_ENV, recipe.cluster.store_uri)
+    task.set_retry(num_retries=res.retries, backoff_duration=res.backoff, backoff_factor=res.backoff_factor, backoff_max_duration=res.backoff_max)
+    kubernetes.set_timeout(task, res.timeout_s)
+
+
+def build_pipeline(recipe: Recipe, *, cluster: bool):
+    """A KFP pipeline function for the recipe. `cluster=False` leaves out the
+    Kubernetes settings (KFP's local runner ignores them anyway)."""
+    configs = {name: json.dumps(c, sort_keys=True) for name, c in stage_configs(recipe).items()}
+
+    def task(component, name: str, **inputs) -> dsl.PipelineTask:
+        t = component(config=configs[name], **inputs)
+        t.set_display_name(name.replace("_", "-"))
+        if cluster:
+            _apply_cluster(t, recipe, IMAGE_KIND[component.component_spec.name])
+        return t
+
+    @dsl.pipeline(name=recipe.name, description=recipe.description or f"posttrain recipe {recipe.name} ({recipe.profile})")
+    def pipeline() -> PipelineOutputs:
+        pre = task(preflight, "preflight")
+        data = task(prepare_data, "prepare_data", base_model=pre.outputs["base_model"])
+        policy = pre.outputs["base_model"]
+        board = task(evaluate, "evaluate_base", model=policy, board=pre.outputs["scoreboard"]).outputs["scoreboard"]
+        if recipe.midtrain.enabled:
+            policy = task(midtrain, "midtrain", data=data.outputs["midtrain"], policy=policy).outputs["model"]
+            board = task(evaluate, "evaluate_midtrain", model=policy, board=board).outputs["scoreboard"]
+        policy = task(sft, "sft", data=data.outputs["sft"], policy=policy).outputs["model"]
+        board = task(evaluate, "evaluate_sft", model=policy, board=board).outputs["scoreboard"]
+        for k in range(1, recipe.preference.chunks + 1):
+            pairs = task(prefgen, f"prefgen_{k}", policy=policy, prompts=data.outputs["prompts"]).outputs["pairs"]
+            policy = task(preference_train, f"preference_train_{k}", policy=policy, pairs=pairs).outputs["model"]
+            board = task(evaluate, f"evaluate_chunk-{k}", model=policy, board=board).outputs["scoreboard"]
+        best = task(select_best, "select_best", scoreboard=board)
+        if recipe.publish.enabled:
+            with dsl.If(best.outputs["Output"] == True, name="release-gate"):  # noqa: E712 - KFP condition syntax
+                task(publish, "publish", model=best.outputs["model"], results=best.outputs["results"])
+        return PipelineOutputs(report=best.outputs["report"], stats=data.outputs["stats"])
+
+    return pipeline
+
+
+def compile_pipeline(recipe: Recipe, out_path: str) -> None:
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(recipe, cluster=True), package_path=out_path)

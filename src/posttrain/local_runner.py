@@ -1,0 +1,60 @@
+"""Run a recipe's DAG on this machine through KFP's own local runner.
+
+Everything a run writes goes under runs/<recipe>-<timestamp>/: the KFP
+pipeline root, checkpoints, TensorBoard logs and report.md. KFP's local cache
+lives in runs/.kfp-cache so that a second run reuses unchanged tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from posttrain.recipe import Recipe
+from posttrain.stages.context import LOG_DIR_ENV, STORE_ENV
+
+
+@dataclass
+class LocalRun:
+    run_dir: Path
+    report: str
+    seconds: float
+
+
+def run_local(recipe: Recipe, runs_root: Path, *, caching: bool = True) -> LocalRun:
+    from kfp import local
+
+    from posttrain.dag import build_pipeline
+    from posttrain.local_models import prepare
+
+    if recipe.base_model.uri.startswith("local:"):
+        prepare(recipe.base_model.uri.removeprefix("local:"))  # once; cached afterwards
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = (runs_root / f"{recipe.name}-{recipe.profile}-{stamp}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=False)
+    os.environ.update(
+        {
+            STORE_ENV: f"file://{run_dir / 'checkpoints'}",
+            LOG_DIR_ENV: str(run_dir / "tensorboard"),
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(run_dir / "kfp"),
+        enable_caching=caching,
+        cache_root=str(runs_root.resolve() / ".kfp-cache"),
+    )
+    started = time.monotonic()
+    outputs = build_pipeline(recipe, cluster=False)()
+    seconds = time.monotonic() - started
+    results = Path(outputs.outputs["report"].path).read_text()
+    stats = Path(outputs.outputs["stats"].path).read_text()
+    report = f"# {recipe.name} ({recipe.profile})\n\nRun folder: `{run_dir}`\n\n{results}\n{stats}"
+    (run_dir / "report.md").write_text(report)
+    return LocalRun(run_dir=run_dir, report=results, seconds=seconds)

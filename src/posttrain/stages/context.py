@@ -1,0 +1,72 @@
+"""What a stage gets to run: its inputs and outputs as local paths, the
+checkpoint store, where to log. Built the same way in a pod, in a test and in
+KFP's local runner; nothing here knows about KFP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from posttrain.store import CheckpointStore, open_store
+
+# Where checkpoints go and where logs go are properties of the deployment,
+# not inputs of a stage, so they come from the environment and stay out of
+# cache keys. The DAG builder sets them on the cluster; the local runner sets
+# them per run folder.
+STORE_ENV = "POSTTRAIN_STORE"
+LOG_DIR_ENV = "POSTTRAIN_LOG_DIR"
+
+
+@dataclass
+class StageResult:
+    metrics: dict[str, float] = field(default_factory=dict)
+    # output name -> metadata mirrored onto that KFP artifact
+    metadata: dict[str, dict] = field(default_factory=dict)
+    params: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    task: str
+    config: dict
+    inputs: dict[str, Path]
+    outputs: dict[str, Path]
+    store: CheckpointStore
+    log_dir: Path | None
+    workdir: Path
+
+    @classmethod
+    def create(cls, config: dict, inputs: dict[str, Path], outputs: dict[str, Path]) -> "StageContext":
+        store_uri = os.environ.get(STORE_ENV) or config["store_uri"]
+        log_root = os.environ.get(LOG_DIR_ENV)
+        task = config["task"]
+        return cls(
+            task=task,
+            config=config,
+            inputs=inputs,
+            outputs=outputs,
+            store=open_store(store_uri),
+            log_dir=Path(log_root) / task if log_root else None,
+            workdir=Path(tempfile.mkdtemp(prefix=f"posttrain-{task}-")),
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the stage's config and its input references (not contents of
+        weights: a model input is identified by its model.json)."""
+        h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
+        for name in sorted(self.inputs):
+            h.update(name.encode())
+            for path in sorted(p for p in self.inputs[name].rglob("*") if p.is_file()):
+                h.update(path.name.encode())
+                h.update(path.read_bytes() if path.stat().st_size < (1 << 26) else str(path.stat().st_size).encode())
+        return h.hexdigest()
+
+    def checkpoint_key(self, name: str = "final") -> str:
+        """`<recipe>/<task>/<fingerprint>/<name>`: a changed stage never sees another's checkpoints."""
+        return f"{self.config['recipe']}/{self.task}/{self.fingerprint[:16]}/{name}"

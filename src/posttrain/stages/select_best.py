@@ -1,0 +1,46 @@
+"""select_best: pick the evaluated checkpoint with the best recipe objective
+(ties: shorter answers) and decide the release gate."""
+
+from __future__ import annotations
+
+from posttrain.datasets_io import read_dataset, write_dataset
+from posttrain.models import ModelRef, write_model_ref
+from posttrain.recipe import SelectConfig
+from posttrain.stages.context import StageContext, StageResult
+from posttrain.stages.evaluate import results_table
+
+
+class SelectionError(ValueError):
+    pass
+
+
+def choose(board: list[dict], cfg: SelectConfig) -> tuple[dict, bool]:
+    """(best candidate, gate passed). Candidates are every trained checkpoint."""
+    candidates = [r for r in board if r["label"] != "base"]
+    if not candidates:
+        raise SelectionError("select_best: no trained checkpoint was evaluated")
+    if cfg.metric not in candidates[0]["metrics"]:
+        raise SelectionError(f"select.metric = {cfg.metric!r}: not an eval metric; allowed: {', '.join(sorted(candidates[0]['metrics']))}")
+    best = max(candidates, key=lambda r: (r["metrics"][cfg.metric], -r["metrics"].get("ifeval.mean_response_tokens", 0.0)))
+    sft = next((r for r in board if r["label"] == "sft"), best)
+    passed = best["metrics"][cfg.metric] >= sft["metrics"][cfg.metric] - cfg.max_regression_vs_sft
+    return best, passed
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = SelectConfig.model_validate(ctx.config["select"])
+    board = read_dataset(ctx.inputs["scoreboard"])
+    best, passed = choose(board, cfg)
+    write_model_ref(ctx.outputs["model"], ModelRef(**best["model"]))
+    table = results_table(board, selected=best["label"])
+    gate = "passed" if passed else "failed"
+    ctx.outputs["report"].write_text(
+        f"## Results\n\n{table}\nSelected **{best['label']}** by `{cfg.metric}`; release gate {gate} "
+        f"(may not fall more than {cfg.max_regression_vs_sft} below sft).\n"
+    )
+    write_dataset(ctx.outputs["results"], board, {"selected": best["label"], "gate_passed": passed, "metric": cfg.metric})
+    return StageResult(
+        metrics={"selected." + k: v for k, v in best["metrics"].items()},
+        metadata={"model": {**best["model"], "label": best["label"]}},
+        params={"passed": passed, "selected": best["label"]},
+    )

@@ -1,0 +1,42 @@
+"""sft: TRL SFTTrainer with packing and assistant-only loss (the mask comes
+from the chat template's generation tags)."""
+
+from __future__ import annotations
+
+from datasets import Dataset
+
+from posttrain.datasets_io import read_dataset
+from posttrain.models import write_model_ref
+from posttrain.recipe import SFTConfig as SFTRecipe, TrainConfig
+from posttrain.stages.context import StageContext, StageResult
+from posttrain.stages.training import common_args, load_policy, save_final, train_summary
+
+
+def train_causal_lm(ctx: StageContext, cfg: TrainConfig, dataset: Dataset, assistant_only: bool) -> StageResult:
+    """Shared by sft and midtrain: train, save to the store, write the Model artifact."""
+    from trl import SFTConfig, SFTTrainer
+
+    model, tokenizer, parent = load_policy(ctx.inputs["policy"], ctx.config["chat_template"])
+    before = {n: p.detach().clone() for n, p in list(model.named_parameters())[:4]}
+    args = SFTConfig(
+        **common_args(cfg, ctx, ctx.config["seed"], ctx.config["report_to"]),
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        packing_strategy=cfg.packing_strategy,
+        assistant_only_loss=assistant_only,
+        dataset_text_field="text",
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    changed = max((p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters() if n in before)
+    ref = save_final(model, tokenizer, ctx, parent, {"stage": ctx.task, "recipe": ctx.config["recipe"]})
+    write_model_ref(ctx.outputs["model"], ref)
+    metrics = {**train_summary(trainer), "train.max_weight_change": changed}
+    return StageResult(metrics=metrics, metadata={"model": {"uri": ref.uri, "revision": ref.revision, "sha": ref.sha, "parent": parent.uri}})
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = SFTRecipe.model_validate(ctx.config["train"])
+    rows = read_dataset(ctx.inputs["data"])
+    dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    return train_causal_lm(ctx, cfg, dataset, assistant_only=cfg.assistant_only_loss)

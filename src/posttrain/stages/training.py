@@ -1,0 +1,93 @@
+"""Shared by the training stages: loading a policy, TRL arguments from the
+recipe, saving the final model to the checkpoint store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from posttrain.models import ModelRef, materialize, read_model_ref
+from posttrain.store import manifest_digest
+from posttrain.templates import load_template
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(model_dir: Path, chat_template: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = load_template(chat_template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(model_artifact: Path, chat_template: str):
+    """(model, tokenizer, ref) for the model referenced by a Model artifact."""
+    from transformers import AutoModelForCausalLM
+
+    ref = read_model_ref(model_artifact)
+    path = materialize(ref)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, load_tokenizer(path, chat_template), ref
+
+
+def use_bf16(requested: bool) -> bool:
+    available = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if requested and not available:
+        log.warning("bf16 requested but no CUDA device with bf16 support: training in fp32")
+    return requested and available
+
+
+def common_args(cfg, ctx, seed: int, report_to: list[str]) -> dict:
+    """TrainingArguments fields shared by SFTConfig and DPOConfig."""
+    scheduler_kwargs = {"min_lr_rate": cfg.min_lr_rate} if cfg.lr_scheduler == "cosine_with_min_lr" else {}
+    reporting = [r for r in report_to if r != "none"] if ctx.log_dir else []
+    if ctx.log_dir:
+        # transformers 5 reads the TensorBoard folder from the environment.
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(ctx.log_dir)
+    return dict(
+        output_dir=str(ctx.workdir / "trainer"),
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        lr_scheduler_type=cfg.lr_scheduler,
+        lr_scheduler_kwargs=scheduler_kwargs,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=use_bf16(cfg.bf16),
+        logging_steps=cfg.logging_steps,
+        report_to=reporting or "none",
+        save_strategy="no",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+    )
+
+
+def train_summary(trainer) -> dict[str, float]:
+    """First and last logged training loss, so a report shows that it learned."""
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    out = {"train.steps": float(trainer.state.global_step)}
+    if losses:
+        out["train.loss_first"] = float(losses[0])
+        out["train.loss_last"] = float(losses[-1])
+    return out
+
+
+def save_final(model, tokenizer, ctx, parent: ModelRef, card: dict) -> ModelRef:
+    """Save the trained model to the store; return its reference."""
+    local = ctx.workdir / "final"
+    model.save_pretrained(local)
+    tokenizer.save_pretrained(local)
+    (local / "posttrain.json").write_text(json.dumps({"parent": parent.uri, **card}, indent=1, sort_keys=True))
+    key = ctx.checkpoint_key("final")
+    uri = ctx.store.put(local, key)
+    return ModelRef(uri=uri, revision="final", sha=manifest_digest(ctx.store.manifest(key)))
