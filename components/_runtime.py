@@ -31,4 +31,8 @@ def run_stage(stage: str, config: str, inputs: dict, outputs: dict):
     if metrics is not None:
         for name, value in result.metrics.items():
             metrics.log_metric(name, value)
+        # A file at the artifact's path too: KFP's local cache treats an
+        # artifact without one as missing and would never reuse the task.
+        Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics.path).write_text(json.dumps(result.metrics, indent=1, sort_keys=True))
     return result

@@ -41,16 +41,12 @@ def cmd_compile(args) -> int:
 
 def cmd_run(args) -> int:
     recipe = _load(args)
-    from rich.console import Console
-    from rich.markdown import Markdown
-
     from posttrain.local_runner import run_local
 
     result = run_local(recipe, Path(args.runs_dir), caching=not args.no_cache)
-    console = Console()
-    console.print(Markdown(result.report))
-    console.print(f"\nRun folder: {result.run_dir}  (report.md, kfp/, checkpoints/, tensorboard/)")
-    console.print(f"Wall time: {result.seconds / 60:.1f} min")
+    print("\n" + result.report)
+    print(f"Run folder: {result.run_dir}  (report.md, kfp/, checkpoints/, tensorboard/)")
+    print(f"Wall time: {result.seconds / 60:.1f} min")
     return 0
 
 

@@ -10,12 +10,16 @@ checkpoint through one input. Cluster settings come from the recipe and are
 applied only when compiling for a cluster; KFP's local runner ignores them.
 """
 
+import hashlib
 import json
+from functools import cache
+from pathlib import Path
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Markdown
 
+from posttrain import components as components_pkg
 from posttrain.components import IMAGE_KIND
 from posttrain.components.evaluate import evaluate
 from posttrain.components.midtrain import midtrain
@@ -34,8 +38,21 @@ from posttrain.stages.context import STORE_ENV
 PipelineOutputs = NamedTuple("Outputs", [("report", Markdown), ("stats", Markdown)])
 
 
+@cache
+def code_digest() -> str:
+    """Hash of posttrain's own source: part of every task config, so KFP's
+    cache (keyed on arguments, not on library code) never serves results of
+    code that has since changed."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.jinja"), *Path(components_pkg.__file__).parent.glob("*.py")]):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _common(recipe: Recipe, task: str) -> dict:
     return {
+        "code": code_digest(),
         "recipe": recipe.name,
         "profile": recipe.profile,
         "task": task,

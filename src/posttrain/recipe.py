@@ -92,6 +92,9 @@ class TrainConfig(Strict):
     max_grad_norm: PositiveFloat = 0.2
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     bf16: bool = True
+    # Trades compute for memory; worth it for long sequences on GPUs, not for
+    # a small model on a CPU.
+    gradient_checkpointing: bool = True
     logging_steps: PositiveInt = 1
     save_steps: PositiveInt = 500
 
@@ -137,6 +140,7 @@ class PreferenceConfig(Strict):
     max_grad_norm: PositiveFloat = 0.2
     padding_free: bool = False
     bf16: bool = True
+    gradient_checkpointing: bool = True
     logging_steps: PositiveInt = 1
 
     @field_validator("chunks")

@@ -9,7 +9,7 @@ from posttrain.datasets_io import read_dataset
 from posttrain.models import write_model_ref
 from posttrain.recipe import PreferenceConfig
 from posttrain.stages.context import StageContext, StageResult
-from posttrain.stages.training import common_args, load_policy, save_final, train_summary
+from posttrain.stages.training import common_args, load_policy, save_final, snapshot, train_summary
 
 
 def dpo_loss_args(cfg: PreferenceConfig) -> dict:
@@ -24,7 +24,7 @@ def run(ctx: StageContext) -> StageResult:
     rows = read_dataset(ctx.inputs["pairs"])
     dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
     model, tokenizer, parent = load_policy(ctx.inputs["policy"], ctx.config["chat_template"])
-    before = {n: p.detach().clone() for n, p in list(model.named_parameters())[:4]}
+    before = snapshot(model)
     args = DPOConfig(
         **common_args(cfg, ctx, ctx.config["seed"], ctx.config["report_to"]),
         **dpo_loss_args(cfg),
@@ -33,12 +33,11 @@ def run(ctx: StageContext) -> StageResult:
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
-    changed = max((p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters() if n in before)
     card = {"stage": ctx.task, "recipe": ctx.config["recipe"], "chunk": ctx.config["chunk"], "loss": cfg.loss, "beta": cfg.beta}
     ref = save_final(model, tokenizer, ctx, parent, card)
     write_model_ref(ctx.outputs["model"], ref)
     rewards = [e for e in trainer.state.log_history if "rewards/accuracies" in e]
-    metrics = {**train_summary(trainer), "train.max_weight_change": changed, "train.pairs": float(len(rows))}
+    metrics = {**train_summary(trainer, before), "train.pairs": float(len(rows))}
     if rewards:
         metrics["train.reward_accuracy_last"] = float(rewards[-1]["rewards/accuracies"])
         metrics["train.reward_margin_last"] = float(rewards[-1]["rewards/margins"])

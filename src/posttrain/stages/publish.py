@@ -32,4 +32,4 @@ def run(ctx: StageContext) -> StageResult:
     uri = ctx.store.put(local, key)
     published = ModelRef(uri=uri, revision="published", sha=manifest_digest(ctx.store.manifest(key)))
     write_model_ref(ctx.outputs["published"], published)
-    return StageResult(metadata={"model": {"uri": uri, "sha": published.sha, "selected": selected}})
+    return StageResult(metadata={"published": {"uri": uri, "sha": published.sha, "selected": selected}})

@@ -15,8 +15,9 @@ class SelectionError(ValueError):
 
 
 def choose(board: list[dict], cfg: SelectConfig) -> tuple[dict, bool]:
-    """(best candidate, gate passed). Candidates are every trained checkpoint."""
-    candidates = [r for r in board if r["label"] != "base"]
+    """(best candidate, gate passed). Candidates are the chat models: sft and
+    every preference chunk (base and mid-training are not release candidates)."""
+    candidates = [r for r in board if r["label"] not in ("base", "midtrain")]
     if not candidates:
         raise SelectionError("select_best: no trained checkpoint was evaluated")
     if cfg.metric not in candidates[0]["metrics"]:
@@ -35,7 +36,7 @@ def run(ctx: StageContext) -> StageResult:
     table = results_table(board, selected=best["label"])
     gate = "passed" if passed else "failed"
     ctx.outputs["report"].write_text(
-        f"## Results\n\n{table}\nSelected **{best['label']}** by `{cfg.metric}`; release gate {gate} "
+        f"## Results\n\n{table}\nSelected **{best['label']}** (`{best['model']['uri']}`) by `{cfg.metric}`; release gate {gate} "
         f"(may not fall more than {cfg.max_regression_vs_sft} below sft).\n"
     )
     write_dataset(ctx.outputs["results"], board, {"selected": best["label"], "gate_passed": passed, "metric": cfg.metric})

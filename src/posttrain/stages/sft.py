@@ -9,7 +9,7 @@ from posttrain.datasets_io import read_dataset
 from posttrain.models import write_model_ref
 from posttrain.recipe import SFTConfig as SFTRecipe, TrainConfig
 from posttrain.stages.context import StageContext, StageResult
-from posttrain.stages.training import common_args, load_policy, save_final, train_summary
+from posttrain.stages.training import common_args, load_policy, save_final, snapshot, train_summary
 
 
 def train_causal_lm(ctx: StageContext, cfg: TrainConfig, dataset: Dataset, assistant_only: bool) -> StageResult:
@@ -17,7 +17,7 @@ def train_causal_lm(ctx: StageContext, cfg: TrainConfig, dataset: Dataset, assis
     from trl import SFTConfig, SFTTrainer
 
     model, tokenizer, parent = load_policy(ctx.inputs["policy"], ctx.config["chat_template"])
-    before = {n: p.detach().clone() for n, p in list(model.named_parameters())[:4]}
+    before = snapshot(model)
     args = SFTConfig(
         **common_args(cfg, ctx, ctx.config["seed"], ctx.config["report_to"]),
         max_length=cfg.max_length,
@@ -28,10 +28,9 @@ def train_causal_lm(ctx: StageContext, cfg: TrainConfig, dataset: Dataset, assis
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
-    changed = max((p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters() if n in before)
     ref = save_final(model, tokenizer, ctx, parent, {"stage": ctx.task, "recipe": ctx.config["recipe"]})
     write_model_ref(ctx.outputs["model"], ref)
-    metrics = {**train_summary(trainer), "train.max_weight_change": changed}
+    metrics = train_summary(trainer, before)
     return StageResult(metrics=metrics, metadata={"model": {"uri": ref.uri, "revision": ref.revision, "sha": ref.sha, "parent": parent.uri}})
 
 

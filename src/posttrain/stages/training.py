@@ -63,6 +63,7 @@ def common_args(cfg, ctx, seed: int, report_to: list[str]) -> dict:
         lr_scheduler_kwargs=scheduler_kwargs,
         max_grad_norm=cfg.max_grad_norm,
         bf16=use_bf16(cfg.bf16),
+        gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
         report_to=reporting or "none",
         save_strategy="no",
@@ -72,10 +73,20 @@ def common_args(cfg, ctx, seed: int, report_to: list[str]) -> dict:
     )
 
 
-def train_summary(trainer) -> dict[str, float]:
-    """First and last logged training loss, so a report shows that it learned."""
+def snapshot(model, n: int = 4) -> dict:
+    """Copies of the first few parameter tensors, to show later that training moved them."""
+    return {name: p.detach().clone() for name, p in list(model.named_parameters())[:n]}
+
+
+def train_summary(trainer, before: dict) -> dict[str, float]:
+    """Steps, first and last logged loss and the largest weight change, so a
+    report shows that the stage really trained."""
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    out = {"train.steps": float(trainer.state.global_step)}
+    params = dict(trainer.model.named_parameters())
+    out = {
+        "train.steps": float(trainer.state.global_step),
+        "train.max_weight_change": max((params[n].detach() - p).abs().max().item() for n, p in before.items()),
+    }
     if losses:
         out["train.loss_first"] = float(losses[0])
         out["train.loss_last"] = float(losses[-1])

@@ -1,0 +1,96 @@
+"""The whole DAG through KFP's local runner (tiny profile), twice: the first
+run must produce every stage's artifact and the report; the second must be
+served from KFP's local cache."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import RECIPE, ROOT
+
+pytestmark = pytest.mark.e2e
+
+STAGE_OUTPUTS = {
+    "preflight": ["base_model/model.json", "scoreboard/data.jsonl", "metrics"],
+    "prepare-data": ["sft/data.jsonl", "midtrain/data.jsonl", "prompts/data.jsonl", "stats", "metrics"],
+    "midtrain": ["model/model.json", "metrics"],
+    "sft": ["model/model.json", "metrics"],
+    "prefgen": ["pairs/data.jsonl", "metrics"],
+    "prefgen-2": ["pairs/data.jsonl", "metrics"],
+    "preference-train": ["model/model.json", "metrics"],
+    "preference-train-2": ["model/model.json", "metrics"],
+    "evaluate": ["scoreboard/data.jsonl", "samples/data.jsonl", "metrics"],
+    "evaluate-5": ["scoreboard/data.jsonl", "samples/data.jsonl", "metrics"],
+    "select-best": ["model/model.json", "report", "results/data.jsonl", "metrics"],
+    "publish": ["published/model.json"],
+}
+
+
+def _run(runs_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "POSTTRAIN_CACHE": str(ROOT / ".cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "posttrain.cli", "run", str(RECIPE), "--profile", "tiny", "--runs-dir", str(runs_dir)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200,
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp("runs")
+    first = _run(runs_dir)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    second = _run(runs_dir)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
+    folders = sorted(p for p in runs_dir.iterdir() if p.name.startswith("smollm3-tiny-"))
+    return first, second, folders
+
+
+def _task_dir(run_folder, task):
+    (pipeline_dir,) = (run_folder / "kfp").iterdir()
+    return pipeline_dir / task
+
+
+def test_every_stage_wrote_its_artifacts(runs):
+    _, _, (first, _) = runs
+    for task, files in STAGE_OUTPUTS.items():
+        for f in files:
+            assert (_task_dir(first, task) / f).exists(), f"{task}: {f} missing"
+
+
+def test_training_stages_really_trained(runs):
+    _, _, (first, _) = runs
+    for task in ("midtrain", "sft", "preference-train", "preference-train-2"):
+        metrics = json.loads((_task_dir(first, task) / "metrics").read_text())
+        assert metrics["train.steps"] >= 2
+        assert metrics["train.max_weight_change"] > 0, task
+    sft = json.loads((_task_dir(first, "sft") / "metrics").read_text())
+    assert sft["train.loss_last"] < sft["train.loss_first"]
+    # Models move by reference, into the run's checkpoint store, complete with a manifest.
+    ref = json.loads((_task_dir(first, "sft") / "model/model.json").read_text())
+    assert ref["uri"].startswith(f"file://{first}/checkpoints/smollm3/sft/")
+    assert (first / "checkpoints" / ref["uri"].split("/checkpoints/")[1] / "manifest.json").is_file()
+    assert list((first / "tensorboard" / "sft").rglob("events.out.tfevents.*"))
+
+
+def test_report_has_every_row(runs):
+    result, _, (first, _) = runs
+    report = (first / "report.md").read_text()
+    rows = [line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ") and "---" not in line]
+    labels = [r for r in rows if r in ("base", "midtrain", "sft", "chunk-1", "chunk-2") or r.startswith("selected (")]
+    assert labels[:5] == ["base", "midtrain", "sft", "chunk-1", "chunk-2"] and labels[5].startswith("selected (")
+    assert "ifeval.prompt_strict" in report and "ifeval.inst_loose" in report
+    assert "| local-sft |" in report  # the data statistics table
+    assert "| checkpoint |" in result.stdout
+
+
+def test_second_run_is_served_from_the_cache(runs):
+    _, second, (first, again) = runs
+    # A cache hit runs nothing: the second run's pipeline root gets no task
+    # output, and its report points at the first run's checkpoints.
+    for task in STAGE_OUTPUTS:
+        assert not (_task_dir(again, task) / "executor_output.json").exists(), f"{task} ran again"
+    assert (again / "report.md").is_file()
+    assert f"file://{first}/checkpoints/" in (again / "report.md").read_text()

@@ -1,0 +1,96 @@
+"""The recipe schema, its profiles, and the errors users see for bad input."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from posttrain.recipe import CLUSTER_PROFILE, PREFERENCE_LOSSES, RecipeError, apply_overrides, load_recipe
+
+from conftest import RECIPE
+
+
+def test_cluster_profile_carries_the_published_smollm3_recipe():
+    r = load_recipe(RECIPE)
+    assert r.profile == CLUSTER_PROFILE
+    assert r.base_model.uri == "hf://HuggingFaceTB/SmolLM3-3B-Base"
+    assert r.midtrain.enabled and r.midtrain.lr == 2e-5 and r.midtrain.max_length == 32768
+    assert r.sft.lr == 2e-5 and r.sft.packing and r.sft.packing_strategy == "bfd" and r.sft.assistant_only_loss
+    assert r.sft.max_length == 65536 and 4 <= r.sft.epochs <= 5
+    assert len(r.data.sft) == 25
+    assert r.preference.loss == "apo_zero" and r.preference.beta == 0.05 and r.preference.lr == 1e-6
+    assert r.preference.epochs == 1 and r.preference.padding_free and r.preference.warmup_ratio == 0.1
+    assert r.sft.max_grad_norm == 0.2 and r.sft.min_lr_rate == 0.1 and r.sft.bf16
+    # Preference lr about 10x below the SFT lr (playbook rule).
+    assert r.sft.lr / r.preference.lr >= 10
+
+
+@pytest.mark.parametrize("profile", ["local", "tiny"])
+def test_local_profiles_are_offline(profile):
+    r = load_recipe(RECIPE, profile)
+    assert r.base_model.uri.startswith("local:")
+    for group in (r.data.sft, r.data.midtrain, r.data.prompts):
+        assert all(s.path and s.hub is None for s in group)
+    assert r.eval.ifeval_data.path.endswith("shared/data/ifeval/input_data.jsonl")
+    # Local files are pinned by content so caches see edits.
+    assert r.data.sft[0].revision.startswith("sha256:")
+
+
+def _broken(recipe_text: str, edit) -> str:
+    raw = yaml.safe_load(recipe_text)
+    edit(raw)
+    return yaml.safe_dump(raw)
+
+
+@pytest.mark.parametrize(
+    "edit, field, value, allowed",
+    [
+        (lambda r: r["sft"].update(learnign_rate=1e-5), "sft.learnign_rate", "1e-05", "unknown key"),
+        (lambda r: r["sft"].update(lr="fast"), "sft.lr", "'fast'", "valid number"),
+        (lambda r: r["sft"].update(lr=-1e-5), "sft.lr", "-1e-05", "greater than 0"),
+        (lambda r: r["preference"].update(lr=0), "preference.lr", "0", "greater than 0"),
+        (lambda r: r["preference"].update(loss="dpo++"), "preference.loss", "'dpo++'", "allowed: " + ", ".join(PREFERENCE_LOSSES)),
+        (lambda r: r["preference"].update(chunks=0), "preference.chunks", "0", "at least 1"),
+        (lambda r: r["profiles"]["local"]["data"]["sft"][0].update(path="data/local/missing.jsonl"), "data.sft.0.path", "'data/local/missing.jsonl'", "file not found"),
+        (lambda r: r["profiles"]["local"]["preference"].update(loss="dpo++"), "preference.loss", "'dpo++'", "allowed: sigmoid"),
+        (lambda r: r.update(chat_template="llama"), "chat_template", "'llama'", "allowed: chatml"),
+    ],
+)
+def test_bad_recipe_names_field_value_and_what_is_allowed(recipe_text, write_recipe, edit, field, value, allowed):
+    path = write_recipe(_broken(recipe_text, edit))
+    # Edits under profiles.local show in that profile, the rest at the top level.
+    profile = "local" if "profiles" in edit.__code__.co_consts else CLUSTER_PROFILE
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, profile)
+    msg = str(err.value)
+    assert f"{field} = {value}" in msg
+    assert allowed in msg
+
+
+def test_unknown_profile(recipe_text, write_recipe):
+    with pytest.raises(RecipeError, match=r"profile = 'laptop': no such profile; allowed: cluster, local, tiny"):
+        load_recipe(write_recipe(recipe_text), "laptop")
+
+
+def test_overrides_are_validated():
+    r = apply_overrides(load_recipe(RECIPE, "local"), ["sft.lr=1e-5", "preference.chunks=3"])
+    assert r.sft.lr == 1e-5 and r.preference.chunks == 3
+    with pytest.raises(RecipeError, match="preference.loss = 'nope'"):
+        apply_overrides(r, ["preference.loss=nope"])
+    with pytest.raises(RecipeError, match="not a recipe field"):
+        apply_overrides(r, ["sft.nope=1"])
+
+
+@pytest.mark.parametrize("command", ["validate", "compile", "run"])
+def test_cli_bad_recipe_exits_2_and_writes_nothing(recipe_text, write_recipe, tmp_path, command):
+    path = write_recipe(_broken(recipe_text, lambda r: r["profiles"]["local"]["preference"].update(chunks=0)))
+    out = tmp_path / "out"
+    extra = {"compile": ["-o", str(out / "x.yaml")], "run": ["--runs-dir", str(out)], "validate": []}[command]
+    proc = subprocess.run(
+        [sys.executable, "-m", "posttrain.cli", command, str(path), "--profile", "local", *extra],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "preference.chunks = 0" in proc.stderr and "at least 1" in proc.stderr
+    assert not out.exists()
