@@ -6,12 +6,11 @@ import dataclasses
 
 import pytest
 import yaml
+from conftest import RECIPE
 
 from posttrain.dag import compile_pipeline, eval_labels, stage_configs
 from posttrain.recipe import PREFERENCE_LOSSES, apply_overrides, load_recipe
 from posttrain.stages.preference_train import dpo_loss_args
-
-from conftest import RECIPE
 
 
 @pytest.fixture(scope="module")

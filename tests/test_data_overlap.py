@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -75,29 +75,29 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-@lru_cache(maxsize=None)
+@cache
 def sft_rows():
     return _read_jsonl(SFT)
 
 
-@lru_cache(maxsize=None)
+@cache
 def mid_rows():
     return _read_jsonl(MIDTRAIN)
 
 
-@lru_cache(maxsize=None)
+@cache
 def pg_rows():
     return _read_jsonl(PREFGEN)
 
 
-@lru_cache(maxsize=None)
+@cache
 def ifeval_rows():
     if not IFEVAL.exists():
         pytest.skip(f"IFEval prompts not found at {IFEVAL}")
     return _read_jsonl(IFEVAL)
 
 
-@lru_cache(maxsize=None)
+@cache
 def ifeval_index():
     return build_index([r["prompt"] for r in ifeval_rows()])
 
@@ -122,7 +122,7 @@ def training_prompts() -> list[tuple[str, str]]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def registry():
     from lm_eval.tasks.ifeval import instructions_registry  # noqa: PLC0415
 

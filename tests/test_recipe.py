@@ -5,10 +5,9 @@ import sys
 
 import pytest
 import yaml
+from conftest import RECIPE
 
 from posttrain.recipe import CLUSTER_PROFILE, PREFERENCE_LOSSES, RecipeError, apply_overrides, load_recipe
-
-from conftest import RECIPE
 
 
 def test_cluster_profile_carries_the_published_smollm3_recipe():

@@ -11,10 +11,16 @@ NO_COMMA_LOWER = {
 }
 
 
+# The lowercase checker also asks langdetect for English, so use real sentences.
+GOOD = "cats are small furry animals that love to sleep in the warm sun all day long"
+BAD = "Cats are small, furry animals that love to sleep in the warm sun all day long"
+HALF = "cats are small, furry animals that love to sleep in the warm sun all day long"
+
+
 def test_checkers_score_responses():
-    assert ifeval.instruction_score(NO_COMMA_LOWER, "a cat is a small soft animal that likes naps") == 1.0
-    assert ifeval.instruction_score(NO_COMMA_LOWER, "A cat is small, soft and sleepy") == 0.0
-    assert ifeval.instruction_score(NO_COMMA_LOWER, "a cat is small, soft and sleepy") == 0.5
+    assert ifeval.instruction_score(NO_COMMA_LOWER, GOOD) == 1.0
+    assert ifeval.instruction_score(NO_COMMA_LOWER, BAD) == 0.0
+    assert ifeval.instruction_score(NO_COMMA_LOWER, HALF) == 0.5
 
 
 def test_sentence_checker_works_offline():
@@ -24,19 +30,19 @@ def test_sentence_checker_works_offline():
 
 
 def test_aggregate_prompt_and_instruction_level():
-    scores = [ifeval.score(NO_COMMA_LOWER, r) for r in ("all good here", "Not, good")]
+    scores = [ifeval.score(NO_COMMA_LOWER, r) for r in (GOOD, HALF)]
     agg = ifeval.aggregate(scores)
     assert agg["prompt_strict"] == 0.5
-    assert agg["inst_strict"] == 0.5
+    assert agg["inst_strict"] == 0.75
 
 
 def test_pair_is_best_vs_worst_and_ties_are_dropped():
-    pair, why = make_pair(NO_COMMA_LOWER, ["Bad, Answer", "good answer", "half, answer"], min_margin=0.0)
+    pair, why = make_pair(NO_COMMA_LOWER, [HALF, BAD, GOOD], min_margin=0.0)
     assert why == "kept"
-    assert pair["chosen"][0]["content"] == "good answer" and pair["rejected"][0]["content"] == "Bad, Answer"
+    assert pair["chosen"][0]["content"] == GOOD and pair["rejected"][0]["content"] == BAD
     assert pair["margin"] == 1.0
-    assert make_pair(NO_COMMA_LOWER, ["same one", "same two"], 0.0) == (None, "tie")
-    assert make_pair(NO_COMMA_LOWER, ["good answer", "half, answer"], 0.75) == (None, "below margin")
+    assert make_pair(NO_COMMA_LOWER, [GOOD, GOOD + " too"], 0.0) == (None, "tie")
+    assert make_pair(NO_COMMA_LOWER, [GOOD, HALF], 0.75) == (None, "below margin")
 
 
 def test_chunks_are_disjoint_and_cover_the_data():
@@ -45,3 +51,16 @@ def test_chunks_are_disjoint_and_cover_the_data():
     keys = [r["key"] for c in chunks for r in c]
     assert sorted(keys) == list(range(23))
     assert chunk_rows(rows, 2, 3, seed=7) == chunks[1]  # deterministic
+
+
+def test_scores_do_not_depend_on_global_random_state():
+    import random
+
+    # keywords:frequency with no arguments: the checker picks a word and a count at random.
+    doc = {"key": 3, "prompt": "x", "instruction_id_list": ["keywords:frequency"], "kwargs": [{}]}
+    response = "the cat and the dog and the bird and a fish"
+    results = []
+    for seed in range(20):
+        random.seed(seed)
+        results.append(ifeval.score(doc, response)["inst_strict"])
+    assert len({tuple(r) for r in results}) == 1

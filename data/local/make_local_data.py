@@ -358,7 +358,7 @@ def t_element():
             answer=f"{sym} is the symbol for {name}.", short=name, title="Which Element")
     return dict(
         user=f"What is the atomic number of {name}?",
-        steps=[f"The atomic number is the number of protons.", f"{name.capitalize()} ({sym}) has {z} protons."],
+        steps=["The atomic number is the number of protons.", f"{name.capitalize()} ({sym}) has {z} protons."],
         answer=f"The atomic number of {name} is {z}.", short=z, title="Atomic Number")
 
 
@@ -758,7 +758,7 @@ def m_shopping():
     bill = next(b for b in (20, 50, 100, 200) if b >= tot)
     parts = [f"{q} {plural_noun(n, q)} at ${p} each" for q, (n, p) in zip(qty, picks)]
     desc = ", ".join(parts[:-1]) + ", and " + parts[-1]
-    steps = [f"Work out the cost of each kind of item separately. "
+    steps = ["Work out the cost of each kind of item separately. "
              + "; ".join(f"{q} × ${p} = ${s}" for q, (_, p), s in zip(qty, picks, subtotals)) + ".",
              f"Add the three amounts: {' + '.join(map(str, subtotals))} = ${tot}. This is the total bill.",
              f"{who} pays with ${bill}, so the change is {bill} - {tot} = ${bill - tot}."]

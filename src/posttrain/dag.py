@@ -23,8 +23,8 @@ from posttrain import components as components_pkg
 from posttrain.components import IMAGE_KIND
 from posttrain.components.evaluate import evaluate
 from posttrain.components.midtrain import midtrain
-from posttrain.components.prefgen import prefgen
 from posttrain.components.preference_train import preference_train
+from posttrain.components.prefgen import prefgen
 from posttrain.components.preflight import preflight
 from posttrain.components.prepare_data import prepare_data
 from posttrain.components.publish import publish
@@ -35,7 +35,9 @@ from posttrain.stages.context import STORE_ENV
 
 
 # No `from __future__ import annotations` here: KFP reads these annotations.
-PipelineOutputs = NamedTuple("Outputs", [("report", Markdown), ("stats", Markdown)])
+class PipelineOutputs(NamedTuple):
+    report: Markdown
+    stats: Markdown
 
 
 @cache

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 DATA_FILE = "data.jsonl"
 INFO_FILE = "dataset.json"

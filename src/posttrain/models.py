@@ -26,7 +26,7 @@ class ModelRef:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelRef":
+    def from_json(cls, text: str) -> ModelRef:
         return cls(**json.loads(text))
 
 

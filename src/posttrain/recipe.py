@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -60,7 +60,7 @@ class DataSource(Strict):
     max_examples: PositiveInt | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataSource":
+    def _one_source(self) -> DataSource:
         if (self.path is None) == (self.hub is None):
             raise ValueError("give exactly one of `path` (a local JSONL file) or `hub` (a Hub dataset id)")
         return self

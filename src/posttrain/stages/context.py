@@ -41,7 +41,7 @@ class StageContext:
     workdir: Path
 
     @classmethod
-    def create(cls, config: dict, inputs: dict[str, Path], outputs: dict[str, Path]) -> "StageContext":
+    def create(cls, config: dict, inputs: dict[str, Path], outputs: dict[str, Path]) -> StageContext:
         store_uri = os.environ.get(STORE_ENV) or config["store_uri"]
         log_root = os.environ.get(LOG_DIR_ENV)
         task = config["task"]

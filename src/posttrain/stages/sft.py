@@ -7,7 +7,8 @@ from datasets import Dataset
 
 from posttrain.datasets_io import read_dataset
 from posttrain.models import write_model_ref
-from posttrain.recipe import SFTConfig as SFTRecipe, TrainConfig
+from posttrain.recipe import SFTConfig as SFTRecipe
+from posttrain.recipe import TrainConfig
 from posttrain.stages.context import StageContext, StageResult
 from posttrain.stages.training import common_args, load_policy, save_final, snapshot, train_summary
 
