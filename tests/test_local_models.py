@@ -20,11 +20,11 @@ def test_converted_smollm2_answers_like_the_real_model():
     tokenizer = load_tokenizer(path, "chatml")
     (answer,), (other,) = generate(
         model, tokenizer,
-        [[{"role": "user", "content": "What is the capital of France?"}], [{"role": "user", "content": "What is 2 + 2?"}]],
+        [[{"role": "user", "content": "What is the capital of France?"}], [{"role": "user", "content": "What color is the sky on a clear day?"}]],
         max_new_tokens=16, batch_size=2,
     )
-    assert "Paris" in answer[0]
-    assert "4" in other[0]
+    assert "Paris" in answer
+    assert "blue" in other
 
 
 def test_tiny_model_shares_the_tokenizer():
