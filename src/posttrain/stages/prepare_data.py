@@ -4,6 +4,7 @@ statistics table."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 
@@ -47,9 +48,10 @@ def prompt_row_problem(row: dict) -> str | None:
 
 
 def midtrain_row_problem(row: dict) -> str | None:
+    """Mid-training rows are plain text or a conversation (rendered to text)."""
     if isinstance(row.get("text"), str) and row["text"].strip():
         return None
-    return sft_row_problem(row) and "neither text nor a valid conversation"
+    return "neither text nor a valid conversation" if sft_row_problem(row) else None
 
 
 def _check(group: str, source: dict, rows: list[dict], problem, max_invalid: float) -> list[tuple[int, dict]]:
@@ -77,8 +79,6 @@ def _check(group: str, source: dict, rows: list[dict], problem, max_invalid: flo
 
 
 def _normalise_prompt(row: dict, key) -> dict:
-    import json
-
     kwargs = [json.loads(k) if isinstance(k, str) else (k or {}) for k in row["kwargs"]]
     # Hub datasets store unused kwargs as nulls; the checkers want them absent.
     kwargs = [{k: v for k, v in kw.items() if v is not None} for kw in kwargs]
