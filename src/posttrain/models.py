@@ -1,7 +1,8 @@
 """Models move by reference: `model.json` = {uri, revision, sha}.
 
 `materialize` turns a reference into a local directory that transformers can
-load: `file://` directly (verified against its manifest when it has one),
+load: `file://` directly (verified against its manifest when it has one), `s3://`
+downloaded into the cache and verified,
 `hf://` through the Hub cache (offline runs use what is cached), `local:` by
 building the offline local models once.
 """
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from posttrain.store import MANIFEST, verify
+from posttrain.store import MANIFEST, fetch, verify
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,15 @@ def materialize(ref: ModelRef) -> Path:
         if (path / MANIFEST).is_file():
             verify(path, json.loads((path / MANIFEST).read_text()))
         return path
+    if parsed.scheme == "s3":
+        from posttrain.local_models import cache_dir
+
+        return fetch(ref.uri, cache_dir() / "store")
     if parsed.scheme == "hf":
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(parsed.netloc + parsed.path, revision=ref.revision))
-    raise ValueError(f"model {ref.uri}: scheme not supported; allowed: file://, hf://, local:")
+    raise ValueError(f"model {ref.uri}: scheme not supported; allowed: file://, s3://, hf://, local:")
 
 
 MODEL_JSON = "model.json"
