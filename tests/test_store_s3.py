@@ -4,11 +4,10 @@ import threading
 import time
 
 import pytest
+from s3server import SeaweedS3
 
 from posttrain.models import ModelRef, materialize
 from posttrain.store import IncompleteCheckpoint, S3Store, fetch, open_store
-
-from s3server import SeaweedS3
 
 
 @pytest.fixture(scope="module")

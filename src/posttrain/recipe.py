@@ -97,6 +97,8 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = True
     logging_steps: PositiveInt = 1
     save_steps: PositiveInt = 500
+    # Checkpoints kept in the store per stage (older ones are deleted).
+    keep_checkpoints: PositiveInt = 2
 
     @field_validator("max_steps")
     @classmethod
@@ -142,6 +144,8 @@ class PreferenceConfig(Strict):
     bf16: bool = True
     gradient_checkpointing: bool = True
     logging_steps: PositiveInt = 1
+    save_steps: PositiveInt = 200
+    keep_checkpoints: PositiveInt = 2
 
     @field_validator("chunks")
     @classmethod

@@ -9,7 +9,7 @@ from posttrain.datasets_io import read_dataset
 from posttrain.models import write_model_ref
 from posttrain.recipe import PreferenceConfig
 from posttrain.stages.context import StageContext, StageResult
-from posttrain.stages.training import common_args, load_policy, save_final, snapshot, train_summary
+from posttrain.stages.training import common_args, existing_final, load_policy, save_final, snapshot, train_summary, train_with_checkpoints
 
 
 def dpo_loss_args(cfg: PreferenceConfig) -> dict:
@@ -21,6 +21,10 @@ def run(ctx: StageContext) -> StageResult:
     from trl import DPOConfig, DPOTrainer
 
     cfg = PreferenceConfig.model_validate(ctx.config["preference"])
+    done = existing_final(ctx)
+    if done:
+        write_model_ref(ctx.outputs["model"], done)
+        return StageResult(metrics={"train.reused_final": 1.0}, metadata={"model": {"uri": done.uri, "sha": done.sha}})
     rows = read_dataset(ctx.inputs["pairs"])
     dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
     model, tokenizer, parent = load_policy(ctx.inputs["policy"], ctx.config["chat_template"])
@@ -32,7 +36,7 @@ def run(ctx: StageContext) -> StageResult:
         padding_free=cfg.padding_free,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
+    train_with_checkpoints(trainer, ctx, cfg.keep_checkpoints)
     card = {"stage": ctx.task, "recipe": ctx.config["recipe"], "chunk": ctx.config["chunk"], "loss": cfg.loss, "beta": cfg.beta}
     ref = save_final(model, tokenizer, ctx, parent, card)
     write_model_ref(ctx.outputs["model"], ref)

@@ -10,13 +10,17 @@ from posttrain.models import write_model_ref
 from posttrain.recipe import SFTConfig as SFTRecipe
 from posttrain.recipe import TrainConfig
 from posttrain.stages.context import StageContext, StageResult
-from posttrain.stages.training import common_args, load_policy, save_final, snapshot, train_summary
+from posttrain.stages.training import common_args, existing_final, load_policy, save_final, snapshot, train_summary, train_with_checkpoints
 
 
 def train_causal_lm(ctx: StageContext, cfg: TrainConfig, dataset: Dataset, assistant_only: bool) -> StageResult:
     """Shared by sft and midtrain: train, save to the store, write the Model artifact."""
     from trl import SFTConfig, SFTTrainer
 
+    done = existing_final(ctx)
+    if done:
+        write_model_ref(ctx.outputs["model"], done)
+        return StageResult(metrics={"train.reused_final": 1.0}, metadata={"model": {"uri": done.uri, "sha": done.sha}})
     model, tokenizer, parent = load_policy(ctx.inputs["policy"], ctx.config["chat_template"])
     before = snapshot(model)
     args = SFTConfig(
@@ -28,7 +32,7 @@ def train_causal_lm(ctx: StageContext, cfg: TrainConfig, dataset: Dataset, assis
         dataset_text_field="text",
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
+    train_with_checkpoints(trainer, ctx, cfg.keep_checkpoints)
     ref = save_final(model, tokenizer, ctx, parent, {"stage": ctx.task, "recipe": ctx.config["recipe"]})
     write_model_ref(ctx.outputs["model"], ref)
     metrics = train_summary(trainer, before)

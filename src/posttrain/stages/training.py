@@ -66,7 +66,9 @@ def common_args(cfg, ctx, seed: int, report_to: list[str]) -> dict:
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
         report_to=reporting or "none",
-        save_strategy="no",
+        # Saves go to the store through CheckpointUploader (stages/checkpoints.py).
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
@@ -102,3 +104,28 @@ def save_final(model, tokenizer, ctx, parent: ModelRef, card: dict) -> ModelRef:
     key = ctx.checkpoint_key("final")
     uri = ctx.store.put(local, key)
     return ModelRef(uri=uri, revision="final", sha=manifest_digest(ctx.store.manifest(key)))
+
+
+def existing_final(ctx) -> ModelRef | None:
+    """The stage's final model if this exact configuration already produced it
+    (a rerun or a retry after a late failure then costs nothing)."""
+    key = ctx.checkpoint_key("final")
+    manifest = ctx.store.manifest(key)
+    if manifest is None:
+        return None
+    log.info("final model for fingerprint %s already in the store: %s", ctx.fingerprint[:16], ctx.store.key_uri(key))
+    return ModelRef(uri=ctx.store.key_uri(key), revision="final", sha=manifest_digest(manifest))
+
+
+def train_with_checkpoints(trainer, ctx, keep: int) -> None:
+    """Resume from the newest complete checkpoint of this configuration, train,
+    and upload every save in the background (see stages/checkpoints.py)."""
+    from posttrain.stages.checkpoints import CheckpointUploader, resume_point
+
+    uploader = CheckpointUploader(ctx, keep)
+    trainer.add_callback(uploader)
+    resume = resume_point(ctx)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        uploader.finish()

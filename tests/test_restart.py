@@ -1,0 +1,122 @@
+"""Training restarts that lose nothing, with real processes: kill -9 after a
+checkpoint, SIGTERM (preemption) and a rerun of a finished stage."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import RECIPE, ROOT
+from safetensors.torch import load_file
+
+from posttrain.dag import stage_configs
+from posttrain.datasets_io import read_jsonl, write_dataset
+from posttrain.models import ModelRef, write_model_ref
+from posttrain.recipe import apply_overrides, load_recipe
+
+DRIVER = Path(__file__).parent / "stage_driver.py"
+STEPS, SAVE_EVERY = 10, 2
+
+
+@pytest.fixture(scope="module")
+def spec_for(tmp_path_factory):
+    base = tmp_path_factory.mktemp("restart")
+    recipe = apply_overrides(
+        load_recipe(RECIPE, "tiny"),
+        [f"sft.max_steps={STEPS}", f"sft.save_steps={SAVE_EVERY}", "sft.per_device_batch_size=1", "sft.lr=1e-3"],
+    )
+    config = stage_configs(recipe)["sft"]
+    write_model_ref(base / "policy", ModelRef(uri="local:tiny"))
+    write_dataset(base / "data", read_jsonl(ROOT / "data/local/sft.jsonl")[:40], {})
+
+    def make(name: str) -> tuple[Path, dict]:
+        run = base / name
+        spec = {"stage": "sft", "config": config, "inputs": {"policy": str(base / "policy"), "data": str(base / "data")}, "outputs": {"model": str(run / "out")}}
+        run.mkdir()
+        (run / "spec.json").write_text(json.dumps(spec))
+        env = {**os.environ, "POSTTRAIN_STORE": f"file://{run / 'store'}", "HF_HUB_OFFLINE": "1", "POSTTRAIN_CACHE": str(ROOT / ".cache")}
+        env.pop("POSTTRAIN_LOG_DIR", None)
+        return run, env
+
+    return make
+
+
+def _start(run: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(DRIVER), str(run / "spec.json")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc: subprocess.Popen, needle: str, log: list[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    for line in proc.stderr:
+        log.append(line)
+        if needle in line:
+            return
+        assert time.monotonic() < deadline, "timed out"
+    raise AssertionError(f"{needle!r} never logged:\n{''.join(log[-30:])}")
+
+
+def _final_weights(run: Path) -> dict:
+    ref = json.loads((run / "out" / "model.json").read_text())
+    return load_file(Path(ref["uri"].removeprefix("file://")) / "model.safetensors")
+
+
+def _run_to_end(run: Path, env: dict) -> str:
+    proc = subprocess.run([sys.executable, str(DRIVER), str(run / "spec.json")], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stderr
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(spec_for):
+    run, env = spec_for("uninterrupted")
+    _run_to_end(run, env)
+    return _final_weights(run)
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(spec_for, uninterrupted):
+    run, env = spec_for("killed")
+    proc = _start(run, env)
+    log: list[str] = []
+    _wait_for(proc, f"uploaded: file://{run}/store/", log)  # first checkpoint is in the store
+    time.sleep(random.Random().uniform(0, 3))  # then die at a random later step
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed_log = _run_to_end(run, env)
+    assert "resuming from file://" in resumed_log
+    resumed_step = int(resumed_log.split("resuming from file://")[1].split("checkpoint-")[1].split()[0])
+    assert resumed_step >= SAVE_EVERY
+    weights = _final_weights(run)
+    diff = max((weights[k] - uninterrupted[k]).abs().max().item() for k in uninterrupted)
+    assert diff <= 1e-6, diff
+
+
+def test_sigterm_saves_uploads_and_exits_nonzero_then_resumes(spec_for, uninterrupted):
+    run, env = spec_for("preempted")
+    proc = _start(run, env)
+    log: list[str] = []
+    _wait_for(proc, f"uploaded: file://{run}/store/", log)
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=300)
+    log.append(rest)
+    assert proc.returncode != 0
+    text = "".join(log)
+    assert "SIGTERM: saving a checkpoint at step" in text
+    step = int(text.split("SIGTERM: saving a checkpoint at step ")[1].split()[0])
+    assert any((run / "store").rglob(f"checkpoint-{step}/manifest.json")), "the preemption checkpoint is in the store"
+    resumed_log = _run_to_end(run, env)
+    assert f"checkpoint-{step}" in resumed_log.split("resuming from")[1].splitlines()[0]
+    weights = _final_weights(run)
+    assert max((weights[k] - uninterrupted[k]).abs().max().item() for k in uninterrupted) <= 1e-6
+
+
+def test_finished_stage_is_not_run_again(spec_for):
+    run, env = spec_for("rerun")
+    _run_to_end(run, env)
+    again = _run_to_end(run, env)
+    assert "already in the store" in again
+    assert "starting fresh" not in again and "resuming from" not in again  # no training at all
