@@ -95,3 +95,37 @@ def test_upload_survives_a_server_restart(s3_env, tmp_path):
     assert "error" not in result, result.get("error")
     assert store.list("run/sft/fp") == ["run/sft/fp/checkpoint-5"]
     assert (store.get("run/sft/fp/checkpoint-5", tmp_path / "c") / "model.safetensors").read_bytes() == b"x" * (3 << 20)
+
+
+UPLOADER = """
+import sys
+from pathlib import Path
+from posttrain.store import open_store
+open_store(sys.argv[1]).put(Path(sys.argv[2]), sys.argv[3])
+"""
+
+
+def test_kill_9_during_an_upload_leaves_the_previous_checkpoint_in_charge(s3_env, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from posttrain.stages.checkpoints import resume_point
+    from posttrain.stages.context import StageContext
+
+    ctx = StageContext.create({"recipe": "r", "task": "sft", "store_uri": "s3://ckpt/kill"}, {}, {})
+    prefix = ctx.checkpoint_key("").rstrip("/")
+    ctx.store.put(_ckpt(tmp_path, "step2"), f"{prefix}/checkpoint-2")
+    big = _ckpt(tmp_path, "step4")
+    (big / "optimizer.pt").write_bytes(os.urandom(300 << 20))  # multipart, takes a while
+    proc = subprocess.Popen([sys.executable, "-c", UPLOADER, "s3://ckpt/kill", str(big), f"{prefix}/checkpoint-4"], env=os.environ.copy())
+    client = s3_env.client()
+    deadline = time.monotonic() + 60
+    while not client.list_objects_v2(Bucket="ckpt", Prefix=f"kill/{prefix}/checkpoint-4/").get("KeyCount"):
+        assert proc.poll() is None and time.monotonic() < deadline, "upload finished or never started"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert client.list_objects_v2(Bucket="ckpt", Prefix=f"kill/{prefix}/checkpoint-4/")["KeyCount"] >= 1  # half written
+    assert ctx.store.list(prefix) == [f"{prefix}/checkpoint-2"]
+    assert resume_point(ctx).name == "checkpoint-2"
