@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run test lint compile clean
+.PHONY: help setup run test lint compile bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ lint: $(STAMP) ## ruff over the code
 
 compile: $(STAMP) ## validate pipelines/$(PIPELINE).yaml and write its cluster KFP IR to build/$(PIPELINE).yaml
 	$(VENV)/bin/posttrain compile $(RECIPE) -o build/$(PIPELINE).yaml
+
+bench: setup ## run every benchmark in bench/ (ratios measured side by side in one run)
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean: ## remove runs/, build/ and the local cache (keeps .venv)
 	rm -rf runs build .cache

@@ -19,7 +19,7 @@ from posttrain.datasets_io import read_jsonl, write_dataset
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.recipe import apply_overrides, load_recipe
 
-DRIVER = Path(__file__).parent / "stage_driver.py"
+DRIVER = ["-m", "posttrain.stages"]
 STEPS, SAVE_EVERY = 10, 2
 
 
@@ -47,7 +47,7 @@ def spec_for(tmp_path_factory):
 
 
 def _start(run: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(DRIVER), str(run / "spec.json")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, *DRIVER, str(run / "spec.json")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for(proc: subprocess.Popen, needle: str, log: list[str], timeout: float = 300) -> None:
@@ -66,7 +66,7 @@ def _final_weights(run: Path) -> dict:
 
 
 def _run_to_end(run: Path, env: dict) -> str:
-    proc = subprocess.run([sys.executable, str(DRIVER), str(run / "spec.json")], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, *DRIVER, str(run / "spec.json")], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stderr
 
