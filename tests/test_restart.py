@@ -120,3 +120,29 @@ def test_finished_stage_is_not_run_again(spec_for):
     again = _run_to_end(run, env)
     assert "already in the store" in again
     assert "starting fresh" not in again and "resuming from" not in again  # no training at all
+
+
+def test_evaluation_resumes_from_its_last_complete_shard(tmp_path):
+    recipe = apply_overrides(load_recipe(RECIPE, "tiny"), ["eval.ifeval_limit=8", "eval.shard_size=3", "eval.max_new_tokens=8"])
+    config = {**stage_configs(recipe)["evaluate_base"]}
+    write_model_ref(tmp_path / "model", ModelRef(uri="local:tiny"))
+    write_dataset(tmp_path / "board", [], {})
+    spec = {"stage": "evaluate", "config": config, "inputs": {"model": str(tmp_path / "model"), "board": str(tmp_path / "board")},
+            "outputs": {"scoreboard": str(tmp_path / "out/scoreboard"), "samples": str(tmp_path / "out/samples")}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "POSTTRAIN_STORE": f"file://{tmp_path / 'store'}", "HF_HUB_OFFLINE": "1", "POSTTRAIN_CACHE": str(ROOT / ".cache")}
+
+    def run() -> tuple[str, list[dict]]:
+        proc = subprocess.run([sys.executable, *DRIVER, str(tmp_path / "spec.json")], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr, read_jsonl(tmp_path / "out/samples/data.jsonl")
+
+    first_log, first = run()
+    assert [f"samples shard {i}: done" in first_log for i in range(3)] == [True] * 3
+    # A crash after two shards: the third never got its manifest.
+    (last,) = (tmp_path / "store").rglob("shard-00002/manifest.json")
+    last.unlink()
+    second_log, second = run()
+    assert "samples shard 0: reused" in second_log and "samples shard 1: reused" in second_log
+    assert "samples shard 2: done" in second_log
+    assert second == first

@@ -124,6 +124,8 @@ class PrefgenConfig(Strict):
     min_margin: Annotated[float, Field(ge=0)] = 0.0
     batch_size: PositiveInt = 16
     max_prompts_per_chunk: PositiveInt | None = None
+    # Prompts per shard: finished shards survive a restart.
+    shard_size: PositiveInt = 512
 
 
 class PreferenceConfig(Strict):
@@ -175,6 +177,8 @@ class EvalConfig(Strict):
     ifeval_limit: PositiveInt | None = None
     max_new_tokens: PositiveInt = 1024
     batch_size: PositiveInt = 16
+    # Prompts per shard: finished shards survive a restart.
+    shard_size: PositiveInt = 256
 
 
 class SelectConfig(Strict):

@@ -10,6 +10,7 @@ from posttrain.eval import ifeval
 from posttrain.generation import generate
 from posttrain.recipe import EvalConfig
 from posttrain.stages.context import StageContext, StageResult
+from posttrain.stages.shards import run_sharded
 from posttrain.stages.training import load_policy
 
 
@@ -19,23 +20,21 @@ def run(ctx: StageContext) -> StageResult:
     model, tokenizer, ref = load_policy(ctx.inputs["model"], ctx.config["chat_template"])
     docs = load_source(cfg.ifeval_data.model_dump())
     docs = docs[: cfg.ifeval_limit] if cfg.ifeval_limit else docs
-    answers = generate(
-        model,
-        tokenizer,
-        [[{"role": "user", "content": d["prompt"]}] for d in docs],
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-    )
-    scores = [ifeval.score(d, a[0]) for d, a in zip(docs, answers)]
-    metrics = {f"ifeval.{k}": v for k, v in ifeval.aggregate(scores).items()}
-    mean_len = sum(len(tokenizer(a[0])["input_ids"]) for a in answers) / max(len(answers), 1)
-    metrics["ifeval.mean_response_tokens"] = mean_len
 
-    write_dataset(
-        ctx.outputs["samples"],
-        ({"key": d["key"], "prompt": d["prompt"], "response": a[0], **s} for d, a, s in zip(docs, answers, scores)),
-        {"label": label, "model": ref.uri},
-    )
+    def answer_and_score(shard: list[dict]) -> list[dict]:
+        answers = generate(
+            model, tokenizer, [[{"role": "user", "content": d["prompt"]}] for d in shard],
+            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+        )
+        return [
+            {"key": d["key"], "prompt": d["prompt"], "response": a[0], "tokens": len(tokenizer(a[0])["input_ids"]), **ifeval.score(d, a[0])}
+            for d, a in zip(shard, answers)
+        ]
+
+    samples = run_sharded(ctx, "samples", docs, cfg.shard_size, answer_and_score)
+    metrics = {f"ifeval.{k}": v for k, v in ifeval.aggregate(samples).items()}
+    metrics["ifeval.mean_response_tokens"] = sum(s["tokens"] for s in samples) / max(len(samples), 1)
+    write_dataset(ctx.outputs["samples"], samples, {"label": label, "model": ref.uri})
     board = read_dataset(ctx.inputs["board"]) + [
         {"label": label, "model": json.loads(ref.to_json()), "metrics": metrics, "prompts": len(docs)}
     ]

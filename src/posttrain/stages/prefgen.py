@@ -13,6 +13,7 @@ from posttrain.eval import ifeval
 from posttrain.generation import generate
 from posttrain.recipe import PrefgenConfig
 from posttrain.stages.context import StageContext, StageResult
+from posttrain.stages.shards import run_sharded
 from posttrain.stages.training import load_policy
 
 
@@ -54,17 +55,16 @@ def run(ctx: StageContext) -> StageResult:
     if cfg.max_prompts_per_chunk:
         docs = docs[: cfg.max_prompts_per_chunk]
     model, tokenizer, ref = load_policy(ctx.inputs["policy"], ctx.config["chat_template"])
-    samples = generate(
-        model,
-        tokenizer,
-        [[{"role": "user", "content": d["prompt"]}] for d in docs],
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        num_return_sequences=cfg.samples_per_prompt,
-        seed=seed + chunk,
-    )
+
+    def sample(shard: list[dict]) -> list[dict]:
+        answers = generate(
+            model, tokenizer, [[{"role": "user", "content": d["prompt"]}] for d in shard],
+            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, temperature=cfg.temperature,
+            top_p=cfg.top_p, num_return_sequences=cfg.samples_per_prompt, seed=seed + chunk,
+        )
+        return [{"key": d["key"], "answers": a} for d, a in zip(shard, answers)]
+
+    samples = [s["answers"] for s in run_sharded(ctx, "samples", docs, cfg.shard_size, sample)]
     outcomes: Counter = Counter()
     pairs = []
     for doc, answers in zip(docs, samples):
