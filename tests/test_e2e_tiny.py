@@ -70,7 +70,13 @@ def test_training_stages_really_trained(runs):
     # Models move by reference, into the run's checkpoint store, complete with a manifest.
     ref = json.loads((_task_dir(first, "sft") / "model/model.json").read_text())
     assert ref["uri"].startswith(f"file://{first}/checkpoints/smollm3/sft/")
-    assert (first / "checkpoints" / ref["uri"].split("/checkpoints/")[1] / "manifest.json").is_file()
+    final = first / "checkpoints" / ref["uri"].split("/checkpoints/")[1]
+    assert (final / "manifest.json").is_file()
+    # The model card names the parent model and the data with its resolved revision.
+    card = json.loads((final / "posttrain.json").read_text())
+    assert card["stage"] == "sft" and card["parent"]["uri"].startswith("file://")
+    assert card["data"]["data"]["sources"][0]["revision"].startswith("sha256:")
+    assert "train.loss_last" in (final / "README.md").read_text()
     assert list((first / "tensorboard" / "sft").rglob("events.out.tfevents.*"))
 
 

@@ -37,12 +37,11 @@ def run(ctx: StageContext) -> StageResult:
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     train_with_checkpoints(trainer, ctx, cfg.keep_checkpoints)
-    card = {"stage": ctx.task, "recipe": ctx.config["recipe"], "chunk": ctx.config["chunk"], "loss": cfg.loss, "beta": cfg.beta}
-    ref = save_final(model, tokenizer, ctx, parent, card)
-    write_model_ref(ctx.outputs["model"], ref)
-    rewards = [e for e in trainer.state.log_history if "rewards/accuracies" in e]
     metrics = {**train_summary(trainer, before), "train.pairs": float(len(rows))}
+    rewards = [e for e in trainer.state.log_history if "rewards/accuracies" in e]
     if rewards:
         metrics["train.reward_accuracy_last"] = float(rewards[-1]["rewards/accuracies"])
         metrics["train.reward_margin_last"] = float(rewards[-1]["rewards/margins"])
+    ref = save_final(model, tokenizer, ctx, parent, {"chunk": ctx.config["chunk"], "loss": cfg.loss, "beta": cfg.beta}, metrics)
+    write_model_ref(ctx.outputs["model"], ref)
     return StageResult(metrics=metrics, metadata={"model": {"uri": ref.uri, "revision": ref.revision, "sha": ref.sha, "parent": parent.uri}})

@@ -33,9 +33,9 @@ def train_causal_lm(ctx: StageContext, cfg: TrainConfig, dataset: Dataset, assis
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     train_with_checkpoints(trainer, ctx, cfg.keep_checkpoints)
-    ref = save_final(model, tokenizer, ctx, parent, {"stage": ctx.task, "recipe": ctx.config["recipe"]})
-    write_model_ref(ctx.outputs["model"], ref)
     metrics = train_summary(trainer, before)
+    ref = save_final(model, tokenizer, ctx, parent, {}, metrics)
+    write_model_ref(ctx.outputs["model"], ref)
     return StageResult(metrics=metrics, metadata={"model": {"uri": ref.uri, "revision": ref.revision, "sha": ref.sha, "parent": parent.uri}})
 
 

@@ -95,12 +95,34 @@ def train_summary(trainer, before: dict) -> dict[str, float]:
     return out
 
 
-def save_final(model, tokenizer, ctx, parent: ModelRef, card: dict) -> ModelRef:
-    """Save the trained model to the store; return its reference."""
+def model_card(ctx, parent: ModelRef, facts: dict, metrics: dict[str, float]) -> tuple[dict, str]:
+    """What the final model is, as JSON and as a README: recipe, stage, parent,
+    the training data with its resolved revisions, training metrics. The eval
+    table is added by publish, once evaluation has run."""
+    data = {}
+    for name, path in ctx.inputs.items():
+        info = path / "dataset.json"
+        if info.is_file():
+            data[name] = json.loads(info.read_text())
+    card = {"recipe": ctx.config["recipe"], "profile": ctx.config["profile"], "stage": ctx.task,
+            "parent": {"uri": parent.uri, "revision": parent.revision, "sha": parent.sha}, "data": data, "metrics": metrics, **facts}
+    lines = [f"# {ctx.config['recipe']} / {ctx.task}", "", f"Trained by posttrain from `{parent.uri}` (profile {ctx.config['profile']}).", ""]
+    lines += [f"- **{k}**: {v}" for k, v in facts.items()]
+    for name, info in data.items():
+        for src in info.get("sources", []):
+            lines.append(f"- data `{name}`: {src.get('hub') or src.get('path')} {src.get('subset') or ''} {src.get('split', '')} @ {src.get('revision')}")
+    lines += ["", "| metric | value |", "|---|---:|", *[f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())], ""]
+    return card, "\n".join(lines)
+
+
+def save_final(model, tokenizer, ctx, parent: ModelRef, facts: dict, metrics: dict[str, float]) -> ModelRef:
+    """Save the trained model with its model card to the store; return its reference."""
     local = ctx.workdir / "final"
     model.save_pretrained(local)
     tokenizer.save_pretrained(local)
-    (local / "posttrain.json").write_text(json.dumps({"parent": parent.uri, **card}, indent=1, sort_keys=True))
+    card, readme = model_card(ctx, parent, facts, metrics)
+    (local / "posttrain.json").write_text(json.dumps(card, indent=1, sort_keys=True))
+    (local / "README.md").write_text(readme)
     key = ctx.checkpoint_key("final")
     uri = ctx.store.put(local, key)
     return ModelRef(uri=uri, revision="final", sha=manifest_digest(ctx.store.manifest(key)))
