@@ -25,7 +25,10 @@ def run_stage(stage: str, config: str, inputs: dict, outputs: dict):
         (path if artifact.schema_title in DIRECTORY_ARTIFACTS else path.parent).mkdir(parents=True, exist_ok=True)
         out_paths[name] = path
     ctx = StageContext.create(json.loads(config), {k: Path(a.path) for k, a in inputs.items()}, out_paths)
-    result = importlib.import_module(f"posttrain.stages.{stage}").run(ctx)
+    try:
+        result = importlib.import_module(f"posttrain.stages.{stage}").run(ctx)
+    finally:
+        ctx.cleanup()
     for name, meta in result.metadata.items():
         outputs[name].metadata.update(meta)
     if metrics is not None:

@@ -22,7 +22,10 @@ def main(spec_path: str) -> None:
     for path in outputs.values():
         path.mkdir(parents=True, exist_ok=True)
     ctx = StageContext.create(spec["config"], inputs, outputs)
-    result = importlib.import_module(f"posttrain.stages.{spec['stage']}").run(ctx)
+    try:
+        result = importlib.import_module(f"posttrain.stages.{spec['stage']}").run(ctx)
+    finally:
+        ctx.cleanup()
     print(json.dumps(result.metrics), flush=True)
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from posttrain.store import CheckpointStore, open_store
@@ -55,7 +57,7 @@ class StageContext:
             workdir=Path(tempfile.mkdtemp(prefix=f"posttrain-{task}-")),
         )
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """Hash of the stage's config and its input references (not contents of
         weights: a model input is identified by its model.json)."""
@@ -66,6 +68,10 @@ class StageContext:
                 h.update(path.name.encode())
                 h.update(path.read_bytes() if path.stat().st_size < (1 << 26) else str(path.stat().st_size).encode())
         return h.hexdigest()
+
+    def cleanup(self) -> None:
+        """Remove the scratch folder (local copies of weights and checkpoints)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def checkpoint_key(self, name: str = "final") -> str:
         """`<recipe>/<task>/<fingerprint>/<name>`: a changed stage never sees another's checkpoints."""
