@@ -33,3 +33,12 @@ def write_recipe(tmp_path):
         return path
 
     return write
+
+
+def make_checkpoint(parent: Path, name: str = "src", payload: bytes = b"weights") -> Path:
+    """A small checkpoint folder (a weights file and a nested config) for store tests."""
+    d = parent / name
+    (d / "sub").mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(payload)
+    (d / "sub" / "config.json").write_text('{"a": 1}')
+    return d

@@ -43,23 +43,22 @@ def _broken(recipe_text: str, edit) -> str:
 
 
 @pytest.mark.parametrize(
-    "edit, field, value, allowed",
+    "profile, edit, field, value, allowed",
     [
-        (lambda r: r["sft"].update(learnign_rate=1e-5), "sft.learnign_rate", "1e-05", "unknown key"),
-        (lambda r: r["sft"].update(lr="fast"), "sft.lr", "'fast'", "valid number"),
-        (lambda r: r["sft"].update(lr=-1e-5), "sft.lr", "-1e-05", "greater than 0"),
-        (lambda r: r["preference"].update(lr=0), "preference.lr", "0", "greater than 0"),
-        (lambda r: r["preference"].update(loss="dpo++"), "preference.loss", "'dpo++'", "allowed: " + ", ".join(PREFERENCE_LOSSES)),
-        (lambda r: r["preference"].update(chunks=0), "preference.chunks", "0", "at least 1"),
-        (lambda r: r["profiles"]["local"]["data"]["sft"][0].update(path="data/local/missing.jsonl"), "data.sft.0.path", "'data/local/missing.jsonl'", "file not found"),
-        (lambda r: r["profiles"]["local"]["preference"].update(loss="dpo++"), "preference.loss", "'dpo++'", "allowed: sigmoid"),
-        (lambda r: r.update(chat_template="llama"), "chat_template", "'llama'", "allowed: chatml"),
+        (CLUSTER_PROFILE, lambda r: r["sft"].update(learnign_rate=1e-5), "sft.learnign_rate", "1e-05", "unknown key"),
+        (CLUSTER_PROFILE, lambda r: r["sft"].update(lr="fast"), "sft.lr", "'fast'", "valid number"),
+        (CLUSTER_PROFILE, lambda r: r["sft"].update(lr=-1e-5), "sft.lr", "-1e-05", "greater than 0"),
+        (CLUSTER_PROFILE, lambda r: r["sft"].update(enabled=False), "sft.enabled", "False", "unknown key"),
+        (CLUSTER_PROFILE, lambda r: r["preference"].update(lr=0), "preference.lr", "0", "greater than 0"),
+        (CLUSTER_PROFILE, lambda r: r["preference"].update(loss="dpo++"), "preference.loss", "'dpo++'", "allowed: " + ", ".join(PREFERENCE_LOSSES)),
+        (CLUSTER_PROFILE, lambda r: r["preference"].update(chunks=0), "preference.chunks", "0", "at least 1"),
+        (CLUSTER_PROFILE, lambda r: r.update(chat_template="llama"), "chat_template", "'llama'", "allowed: chatml"),
+        ("local", lambda r: r["profiles"]["local"]["data"]["sft"][0].update(path="data/local/missing.jsonl"), "data.sft.0.path", "'data/local/missing.jsonl'", "file not found"),
+        ("local", lambda r: r["profiles"]["local"]["preference"].update(loss="dpo++"), "preference.loss", "'dpo++'", "allowed: sigmoid"),
     ],
 )
-def test_bad_recipe_names_field_value_and_what_is_allowed(recipe_text, write_recipe, edit, field, value, allowed):
+def test_bad_recipe_names_field_value_and_what_is_allowed(recipe_text, write_recipe, profile, edit, field, value, allowed):
     path = write_recipe(_broken(recipe_text, edit))
-    # Edits under profiles.local show in that profile, the rest at the top level.
-    profile = "local" if "profiles" in edit.__code__.co_consts else CLUSTER_PROFILE
     with pytest.raises(RecipeError) as err:
         load_recipe(path, profile)
     msg = str(err.value)

@@ -4,21 +4,14 @@ fetches verified."""
 import json
 
 import pytest
+from conftest import make_checkpoint
 
 from posttrain.store import MANIFEST, IncompleteCheckpoint, manifest_digest, open_store
 
 
-def _ckpt(tmp_path, name="src", payload=b"weights"):
-    d = tmp_path / name
-    (d / "sub").mkdir(parents=True)
-    (d / "model.safetensors").write_bytes(payload)
-    (d / "sub" / "config.json").write_text("{}")
-    return d
-
-
 def test_put_get_list(tmp_path):
     store = open_store(f"file://{tmp_path / 'store'}")
-    uri = store.put(_ckpt(tmp_path), "run/sft/abc/checkpoint-10")
+    uri = store.put(make_checkpoint(tmp_path), "run/sft/abc/checkpoint-10")
     assert uri == f"file://{tmp_path / 'store'}/run/sft/abc/checkpoint-10"
     manifest = store.manifest("run/sft/abc/checkpoint-10")
     assert sorted(f["path"] for f in manifest["files"]) == ["model.safetensors", "sub/config.json"]
@@ -28,7 +21,7 @@ def test_put_get_list(tmp_path):
 
 def test_half_written_checkpoint_is_not_listed_or_fetched(tmp_path):
     store = open_store(f"file://{tmp_path / 'store'}")
-    store.put(_ckpt(tmp_path), "r/s/f/checkpoint-1")
+    store.put(make_checkpoint(tmp_path), "r/s/f/checkpoint-1")
     # A writer killed before its manifest: the files are there, the manifest is not.
     partial = tmp_path / "store" / "r/s/f/checkpoint-2"
     partial.mkdir(parents=True)
@@ -40,7 +33,7 @@ def test_half_written_checkpoint_is_not_listed_or_fetched(tmp_path):
 
 def test_corrupted_file_fails_verification(tmp_path):
     store = open_store(f"file://{tmp_path / 'store'}")
-    store.put(_ckpt(tmp_path), "k")
+    store.put(make_checkpoint(tmp_path), "k")
     (tmp_path / "store" / "k" / "model.safetensors").write_bytes(b"weightz")
     with pytest.raises(IncompleteCheckpoint, match="does not match its manifest"):
         store.get("k")
@@ -48,9 +41,9 @@ def test_corrupted_file_fails_verification(tmp_path):
 
 def test_digest_identifies_content(tmp_path):
     store = open_store(f"file://{tmp_path / 'store'}")
-    store.put(_ckpt(tmp_path, "a", b"one"), "a")
-    store.put(_ckpt(tmp_path, "b", b"two"), "b")
-    store.put(_ckpt(tmp_path, "c", b"one"), "c")
+    store.put(make_checkpoint(tmp_path, "a", b"one"), "a")
+    store.put(make_checkpoint(tmp_path, "b", b"two"), "b")
+    store.put(make_checkpoint(tmp_path, "c", b"one"), "c")
     d = {k: manifest_digest(store.manifest(k)) for k in "abc"}
     assert d["a"] == d["c"] != d["b"]
     assert json.loads((tmp_path / "store" / "a" / MANIFEST).read_text())["files"]

@@ -4,6 +4,7 @@ import threading
 import time
 
 import pytest
+from conftest import make_checkpoint
 from s3server import SeaweedS3
 
 from posttrain.models import ModelRef, materialize
@@ -26,18 +27,10 @@ def s3_env(server, monkeypatch):
     return server
 
 
-def _ckpt(tmp_path, name="src", payload=b"weights"):
-    d = tmp_path / name
-    (d / "sub").mkdir(parents=True)
-    (d / "model.safetensors").write_bytes(payload)
-    (d / "sub" / "config.json").write_text('{"a": 1}')
-    return d
-
-
 def test_put_list_get_delete(s3_env, tmp_path):
     store = open_store("s3://ckpt/runs")
     assert isinstance(store, S3Store)
-    uri = store.put(_ckpt(tmp_path), "smollm3/sft/abc/checkpoint-10")
+    uri = store.put(make_checkpoint(tmp_path), "smollm3/sft/abc/checkpoint-10")
     assert uri == "s3://ckpt/runs/smollm3/sft/abc/checkpoint-10"
     assert store.list("smollm3/sft/abc") == ["smollm3/sft/abc/checkpoint-10"]
     local = store.get("smollm3/sft/abc/checkpoint-10", tmp_path / "cache")
@@ -49,7 +42,7 @@ def test_put_list_get_delete(s3_env, tmp_path):
 
 def test_manifest_is_written_last_and_half_uploads_are_invisible(s3_env, tmp_path):
     store = open_store("s3://ckpt/half")
-    store.put(_ckpt(tmp_path), "r/s/f/checkpoint-1")
+    store.put(make_checkpoint(tmp_path), "r/s/f/checkpoint-1")
     # An uploader killed before the manifest: data objects exist, manifest does not.
     s3_env.client().put_object(Bucket="ckpt", Key="half/r/s/f/checkpoint-2/model.safetensors", Body=b"half")
     assert store.list("r/s/f") == ["r/s/f/checkpoint-1"]
@@ -59,7 +52,7 @@ def test_manifest_is_written_last_and_half_uploads_are_invisible(s3_env, tmp_pat
 
 def test_fetch_verifies_content(s3_env, tmp_path):
     store = open_store("s3://ckpt/verify")
-    store.put(_ckpt(tmp_path), "k")
+    store.put(make_checkpoint(tmp_path), "k")
     s3_env.client().put_object(Bucket="ckpt", Key="verify/k/model.safetensors", Body=b"tampered")
     with pytest.raises(IncompleteCheckpoint, match="does not match its manifest"):
         fetch("s3://ckpt/verify/k", tmp_path / "cache")
@@ -67,7 +60,7 @@ def test_fetch_verifies_content(s3_env, tmp_path):
 
 def test_model_reference_materializes_from_s3(s3_env, tmp_path, monkeypatch):
     monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / "posttrain-cache"))
-    uri = open_store("s3://ckpt/models").put(_ckpt(tmp_path, payload=b"model bytes"), "m/final")
+    uri = open_store("s3://ckpt/models").put(make_checkpoint(tmp_path, payload=b"model bytes"), "m/final")
     path = materialize(ModelRef(uri=uri))
     assert (path / "model.safetensors").read_bytes() == b"model bytes"
 
@@ -76,7 +69,7 @@ def test_upload_survives_a_server_restart(s3_env, tmp_path):
     """Stop the server, start an upload, bring the server back: the upload
     retries with backoff and completes; nothing is lost."""
     store = open_store("s3://ckpt/restart")
-    src = _ckpt(tmp_path, payload=b"x" * (3 << 20))
+    src = make_checkpoint(tmp_path, payload=b"x" * (3 << 20))
     s3_env.stop()
     result = {}
 
@@ -115,8 +108,8 @@ def test_kill_9_during_an_upload_leaves_the_previous_checkpoint_in_charge(s3_env
 
     ctx = StageContext.create({"recipe": "r", "task": "sft", "store_uri": "s3://ckpt/kill"}, {}, {})
     prefix = ctx.checkpoint_key("").rstrip("/")
-    ctx.store.put(_ckpt(tmp_path, "step2"), f"{prefix}/checkpoint-2")
-    big = _ckpt(tmp_path, "step4")
+    ctx.store.put(make_checkpoint(tmp_path, "step2"), f"{prefix}/checkpoint-2")
+    big = make_checkpoint(tmp_path, "step4")
     (big / "optimizer.pt").write_bytes(os.urandom(300 << 20))  # multipart, takes a while
     proc = subprocess.Popen([sys.executable, "-c", UPLOADER, "s3://ckpt/kill", str(big), f"{prefix}/checkpoint-4"], env=os.environ.copy())
     client = s3_env.client()

@@ -77,7 +77,6 @@ class DataConfig(Strict):
 class TrainConfig(Strict):
     """Shared by mid-training and SFT (both TRL SFTTrainer)."""
 
-    enabled: bool = True
     lr: PositiveFloat = 2e-5
     epochs: PositiveFloat = 1.0
     max_steps: int = -1
@@ -106,6 +105,11 @@ class TrainConfig(Strict):
         if v == 0 or v < -1:
             raise ValueError("must be a positive step count, or -1 to train for `epochs`")
         return v
+
+
+class MidtrainConfig(TrainConfig):
+    # Mid-training is optional in a recipe; SFT always runs.
+    enabled: bool = False
 
 
 class SFTConfig(TrainConfig):
@@ -170,7 +174,6 @@ class PreferenceConfig(Strict):
 
 
 class EvalConfig(Strict):
-    suites: list[Literal["ifeval"]] = ["ifeval"]
     ifeval_data: DataSource = DataSource(name="ifeval", hub="google/IFEval", split="train")
     # A fixed subset of the IFEval prompts: the first `ifeval_limit` keys in file
     # order (None = all 541).
@@ -246,7 +249,7 @@ class Recipe(Strict):
     chat_template: str = "chatml"
     report_to: list[Literal["tensorboard", "none"]] = ["tensorboard"]
     data: DataConfig
-    midtrain: TrainConfig = TrainConfig(enabled=False)
+    midtrain: MidtrainConfig = MidtrainConfig()
     sft: SFTConfig = SFTConfig()
     prefgen: PrefgenConfig = PrefgenConfig()
     preference: PreferenceConfig = PreferenceConfig()

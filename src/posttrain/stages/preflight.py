@@ -5,7 +5,6 @@ the base model reference and starts the run's scoreboard."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from posttrain.datasets_io import write_dataset
@@ -18,7 +17,7 @@ class PreflightError(RuntimeError):
 
 
 def _check_store(ctx: StageContext) -> None:
-    probe = Path(tempfile.mkdtemp()) / "probe"
+    probe = ctx.workdir / "probe"
     probe.mkdir()
     (probe / "ok").write_text("ok")
     key = f"{ctx.config['recipe']}/preflight/probe"
