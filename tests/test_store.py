@@ -50,5 +50,5 @@ def test_digest_identifies_content(tmp_path):
 
 
 def test_unsupported_scheme_is_named():
-    with pytest.raises(ValueError, match="scheme 'gs' not supported yet; allowed: file://"):
+    with pytest.raises(ValueError, match="scheme 'gs' not supported; allowed: file://, s3://, hf://"):
         open_store("gs://bucket/x")

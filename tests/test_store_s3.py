@@ -8,7 +8,8 @@ from conftest import make_checkpoint
 from s3server import SeaweedS3
 
 from posttrain.models import ModelRef, materialize
-from posttrain.store import IncompleteCheckpoint, S3Store, fetch, open_store
+from posttrain.store import IncompleteCheckpoint, fetch, open_store
+from posttrain.store.s3 import S3Store
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +123,75 @@ def test_kill_9_during_an_upload_leaves_the_previous_checkpoint_in_charge(s3_env
     assert client.list_objects_v2(Bucket="ckpt", Prefix=f"kill/{prefix}/checkpoint-4/")["KeyCount"] >= 1  # half written
     assert ctx.store.list(prefix) == [f"{prefix}/checkpoint-2"]
     assert resume_point(ctx).name == "checkpoint-2"
+
+
+def _parts_stored(client, key: str) -> int:
+    uploads = [u for u in client.list_multipart_uploads(Bucket="ckpt").get("Uploads", []) if u["Key"] == key]
+    return sum(len(client.list_parts(Bucket="ckpt", Key=key, UploadId=u["UploadId"]).get("Parts", [])) for u in uploads)
+
+
+def test_a_killed_multipart_upload_resumes_with_the_parts_already_stored(s3_env, tmp_path, monkeypatch, caplog):
+    """kill -9 an upload after some parts landed; the next put sends only the rest."""
+    import logging
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("POSTTRAIN_S3_PART_SIZE", str(5 << 20))
+    src = make_checkpoint(tmp_path, "big")
+    payload = os.urandom(60 << 20)  # 12 parts
+    (src / "model.safetensors").write_bytes(payload)
+    key = "resume/sft/fp/checkpoint-8"
+    proc = subprocess.Popen([sys.executable, "-c", UPLOADER, "s3://ckpt", str(src), key], env=os.environ.copy())
+    client = s3_env.client()
+    deadline = time.monotonic() + 120
+    while _parts_stored(client, f"{key}/model.safetensors") < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "upload finished or never started"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    stored = _parts_stored(client, f"{key}/model.safetensors")
+    assert 2 <= stored < 12
+    store = open_store("s3://ckpt")
+    assert store.list("resume/sft/fp") == []
+
+    with caplog.at_level(logging.INFO, logger="posttrain.store.s3"):
+        store.put(src, key)
+    resumed = [r.getMessage() for r in caplog.records if "resuming the multipart upload" in r.getMessage()]
+    assert resumed, "the second put should have found the unfinished upload"
+    kept = int(resumed[0].split(": ")[1].split(" of ")[0])
+    assert kept >= 2
+    assert store.list("resume/sft/fp") == [key]
+    assert (store.get(key, tmp_path / "cache") / "model.safetensors").read_bytes() == payload
+    assert _parts_stored(client, f"{key}/model.safetensors") == 0  # the unfinished upload was completed
+    store.delete(key)
+
+
+def test_a_download_resumes_from_the_bytes_on_disk(s3_env, tmp_path):
+    import hashlib
+
+    store = open_store("s3://ckpt/dl")
+    payload = bytes(range(256)) * (8 << 12)  # 8 MiB
+    store.put(make_checkpoint(tmp_path, payload=payload), "k")
+    cache = tmp_path / "cache"
+    dest = cache / "ckpt" / "dl" / "k"
+    dest.mkdir(parents=True)
+    sha = hashlib.sha256(payload).hexdigest()
+    half = len(payload) // 2
+    (dest / f"model.safetensors.{sha[:16]}.partial").write_bytes(payload[:half])  # an interrupted download
+    ranges = []
+    store.client.meta.events.register("provide-client-params.s3.GetObject", lambda params, **_: ranges.append(params.get("Range")))
+    assert (store.get("k", cache) / "model.safetensors").read_bytes() == payload
+    assert f"bytes={half}-" in ranges
+
+
+def test_a_corrupt_partial_download_is_replaced(s3_env, tmp_path):
+    import hashlib
+
+    store = open_store("s3://ckpt/dl2")
+    payload = b"y" * (1 << 20)
+    store.put(make_checkpoint(tmp_path, payload=payload), "k")
+    dest = tmp_path / "cache" / "ckpt" / "dl2" / "k"
+    dest.mkdir(parents=True)
+    (dest / f"model.safetensors.{hashlib.sha256(payload).hexdigest()[:16]}.partial").write_bytes(b"garbage")
+    assert (store.get("k", tmp_path / "cache") / "model.safetensors").read_bytes() == payload

@@ -1,10 +1,10 @@
 """Models move by reference: `model.json` = {uri, revision, sha}.
 
 `materialize` turns a reference into a local directory that transformers can
-load: `file://` directly (verified against its manifest when it has one), `s3://`
-downloaded into the cache and verified,
-`hf://` through the Hub cache (offline runs use what is cached), `local:` by
-building the offline local models once.
+load: `file://` directly (verified against its manifest when it has one), a
+checkpoint in an `s3://` or `hf://` store downloaded into the cache and
+verified, a Hub model repo `hf://org/name` through the Hub cache (offline runs
+use what is cached), `local:` by building the offline local models once.
 """
 
 from __future__ import annotations
@@ -44,11 +44,13 @@ def materialize(ref: ModelRef) -> Path:
         if (path / MANIFEST).is_file():
             verify(path, json.loads((path / MANIFEST).read_text()))
         return path
-    if parsed.scheme == "s3":
+    hub_repo = parsed.scheme == "hf" and len([p for p in parsed.path.split("/") if p]) == 1
+    if parsed.scheme in ("s3", "hf") and not hub_repo:
+        # A checkpoint in the store (hf:// keys are <namespace>/<repo>/<branch>/<folder>).
         from posttrain.local_models import cache_dir
 
         return fetch(ref.uri, cache_dir() / "store")
-    if parsed.scheme == "hf":
+    if hub_repo:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(parsed.netloc + parsed.path, revision=ref.revision))

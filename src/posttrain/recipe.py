@@ -11,6 +11,7 @@ import copy
 import hashlib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -193,6 +194,9 @@ class SelectConfig(Strict):
 
 class PublishConfig(Strict):
     enabled: bool = True
+    # With an hf:// store the released model always lands at the root of the
+    # repo's `published` branch; this also puts it on `main`.
+    hub_main: bool = False
 
 
 class Toleration(Strict):
@@ -238,6 +242,20 @@ class ClusterConfig(Strict):
     }
     secrets: list[SecretRef] = []
     store_uri: str = "file:///mnt/posttrain/checkpoints"
+
+    @field_validator("store_uri")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme not in ("file", "s3", "hf"):
+            raise ValueError("unknown checkpoint store; allowed: file:///abs/path, s3://bucket[/prefix], hf://namespace")
+        if parsed.scheme == "file" and not parsed.path.startswith("/"):
+            raise ValueError("a file:// store needs an absolute path, e.g. file:///mnt/posttrain/checkpoints")
+        if parsed.scheme in ("s3", "hf") and not parsed.netloc:
+            raise ValueError(f"a {parsed.scheme}:// store needs a {'bucket' if parsed.scheme == 's3' else 'namespace'}")
+        if parsed.scheme == "hf" and parsed.path.strip("/"):
+            raise ValueError("an hf:// store is a namespace only (hf://my-org); posttrain makes one repo per recipe in it")
+        return v
 
 
 class Recipe(Strict):

@@ -30,6 +30,8 @@ def run(ctx: StageContext) -> StageResult:
     (local / "README.md").write_text(model_card(ctx.config["recipe"], ctx.config["profile"], ref, board, selected))
     key = f"{ctx.config['recipe']}/published/{ref.sha[:16] or 'model'}"
     uri = ctx.store.put(local, key)
+    released = ctx.store.release(local, key, to_main=ctx.config["publish"]["hub_main"])
     published = ModelRef(uri=uri, revision="published", sha=manifest_digest(ctx.store.manifest(key)))
     write_model_ref(ctx.outputs["published"], published)
-    return StageResult(metadata={"published": {"uri": uri, "sha": published.sha, "selected": selected}})
+    meta = {"uri": uri, "sha": published.sha, "selected": selected, **({"released": released} if released else {})}
+    return StageResult(metadata={"published": meta})

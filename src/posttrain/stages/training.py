@@ -125,6 +125,7 @@ def save_final(model, tokenizer, ctx, parent: ModelRef, facts: dict, metrics: di
     (local / "README.md").write_text(readme)
     key = ctx.checkpoint_key("final")
     uri = ctx.store.put(local, key)
+    ctx.store.release(local, key)
     return ModelRef(uri=uri, revision="final", sha=manifest_digest(ctx.store.manifest(key)))
 
 
