@@ -18,6 +18,7 @@ from posttrain.dag import stage_configs
 from posttrain.datasets_io import read_jsonl, write_dataset
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.recipe import apply_overrides, load_recipe
+from posttrain.store import fetch
 
 DRIVER = ["-m", "posttrain.stages"]
 STEPS, SAVE_EVERY = 10, 2
@@ -112,6 +113,38 @@ def test_sigterm_saves_uploads_and_exits_nonzero_then_resumes(spec_for, uninterr
     assert f"checkpoint-{step}" in resumed_log.split("resuming from")[1].splitlines()[0]
     weights = _final_weights(run)
     assert max((weights[k] - uninterrupted[k]).abs().max().item() for k in uninterrupted) <= 1e-6
+
+
+def test_s3_server_restart_in_the_middle_of_a_stage(spec_for, uninterrupted, tmp_path, monkeypatch):
+    """Stop the S3 server after the first checkpoint and bring it back: the
+    stage's uploads retry, it completes, and its weights are those of an
+    uninterrupted run."""
+    from s3server import SeaweedS3
+
+    s3 = SeaweedS3(tmp_path / "seaweed")
+    s3.start()
+    try:
+        s3.client().create_bucket(Bucket="ckpt")
+        run, env = spec_for("s3-restart")
+        env = {**env, **s3.env(), "POSTTRAIN_STORE": "s3://ckpt/run"}
+        proc = _start(run, env)
+        log: list[str] = []
+        _wait_for(proc, "uploaded: s3://ckpt/run/", log)
+        s3.stop()
+        assert proc.poll() is None, "the stage finished before the server went down; nothing was tested"
+        time.sleep(3)
+        s3.start()
+        _, rest = proc.communicate(timeout=600)
+        text = "".join(log) + rest
+        assert proc.returncode == 0, text[-4000:]
+        assert "retrying in" in text
+        for k, v in s3.env().items():
+            monkeypatch.setenv(k, v)
+        ref = json.loads((run / "out" / "model.json").read_text())
+        weights = load_file(fetch(ref["uri"], tmp_path / "cache") / "model.safetensors")
+        assert max((weights[k] - uninterrupted[k]).abs().max().item() for k in uninterrupted) <= 1e-6
+    finally:
+        s3.stop()
 
 
 def test_finished_stage_is_not_run_again(spec_for):
