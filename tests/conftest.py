@@ -1,5 +1,6 @@
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -42,3 +43,70 @@ def make_checkpoint(parent: Path, name: str = "src", payload: bytes = b"weights"
     (d / "model.safetensors").write_bytes(payload)
     (d / "sub" / "config.json").write_text('{"a": 1}')
     return d
+
+
+# -- a fake Hugging Face Hub on loopback (tests/hubserver.py) ----------------------
+
+
+# huggingface_hub is imported inside the fixtures: it reads HF_HUB_OFFLINE once,
+# at import, and that must happen after the environment above is set.
+
+
+def _loopback_only_client():
+    """The client's default httpx2 client, refusing any request that would leave 127.0.0.1."""
+    from huggingface_hub.utils import _http
+
+    client = _http.default_client_factory()
+
+    def guard(request) -> None:
+        if request.url.host != "127.0.0.1":
+            raise AssertionError(f"request escaped the fake Hub: {request.method} {request.url}")
+
+    client.event_hooks["request"].append(guard)
+    return client
+
+
+@pytest.fixture
+def sleeps(monkeypatch) -> list[float]:
+    """The client's backoff sleeps (1 s, 2 s, ...), recorded instead of waited."""
+    from huggingface_hub import file_download
+    from huggingface_hub.utils import _http
+
+    recorded: list[float] = []
+    fake_time = SimpleNamespace(sleep=recorded.append)  # both modules use `time` for nothing but sleep()
+    monkeypatch.setattr(_http, "time", fake_time)
+    monkeypatch.setattr(file_download, "time", fake_time)
+    return recorded
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path, sleeps):
+    """A FakeHub on 127.0.0.1 with the client pointed at it and kept off the network."""
+    import huggingface_hub
+    from hubserver import FakeHub
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http
+
+    server = FakeHub()
+    server.start()
+    # tests/conftest.py sets HF_HUB_OFFLINE=1, read into `constants` at import; the client checks `constants` per call.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # hf_xet is installed, so the client would pick the Xet upload protocol by itself; the fake Hub speaks Git LFS only.
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    # Telemetry on means building headers fetches {ENDPOINT}/api/agent-harnesses (and caches it under HF_HOME).
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    # Anything that forgets `endpoint=` lands on the fake Hub too (the URL template was built from ENDPOINT at import).
+    monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    for name, value in {"HF_ENDPOINT": server.endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    huggingface_hub.set_client_factory(_loopback_only_client)
+    try:
+        yield server
+    finally:
+        huggingface_hub.set_client_factory(_http.default_client_factory)
+        server.stop()
+    assert not [r for r in server.requests if "xet" in r[1]], "the client went down the Xet path"
