@@ -59,11 +59,19 @@ class DataSource(Strict):
     split: str = "train"
     revision: str = "main"
     max_examples: PositiveInt | None = None
+    # Mixture by tokens: `weight` is this source's share of its group's token
+    # budget (weights of a group are normalised over the sources that give
+    # one); `tokens` is an absolute budget. A source with neither is taken as
+    # it is. prepare_data up- or down-samples, deterministically from the seed.
+    weight: PositiveFloat | None = None
+    tokens: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSource:
         if (self.path is None) == (self.hub is None):
             raise ValueError("give exactly one of `path` (a local JSONL file) or `hub` (a Hub dataset id)")
+        if self.weight is not None and self.tokens is not None:
+            raise ValueError("give at most one of `weight` (share of the group's tokens) or `tokens` (absolute token budget)")
         return self
 
 
@@ -73,6 +81,19 @@ class DataConfig(Strict):
     midtrain: list[DataSource] = []
     sft: list[DataSource]
     prompts: list[DataSource]
+    # Total tokens shared out by `weight` among a group's weighted sources
+    # (None: the tokens those sources have before resampling).
+    sft_tokens: PositiveInt | None = None
+    midtrain_tokens: PositiveInt | None = None
+
+
+class LoraConfig(Strict):
+    """LoRA through PEFT instead of full fine-tuning; the final model is saved merged."""
+
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
 class TrainConfig(Strict):
@@ -99,6 +120,11 @@ class TrainConfig(Strict):
     save_steps: PositiveInt = 500
     # Checkpoints kept in the store per stage (older ones are deleted).
     keep_checkpoints: PositiveInt = 2
+    lora: LoraConfig | None = None
+    # GPU kernels; on a CPU they fall back to sdpa / plain PyTorch with a warning.
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    use_liger_kernel: bool = False
+    average_tokens_across_devices: bool = True
 
     @field_validator("max_steps")
     @classmethod
@@ -108,13 +134,33 @@ class TrainConfig(Strict):
         return v
 
 
+def known_template(name: str) -> str:
+    from posttrain.templates import available_templates
+
+    if name not in available_templates():
+        raise ValueError(f"unknown chat template; allowed: {', '.join(available_templates())}")
+    return name
+
+
 class MidtrainConfig(TrainConfig):
     # Mid-training is optional in a recipe; SFT always runs.
     enabled: bool = False
+    # Plain continued pretraining: sequences are concatenated and cut.
+    packing_strategy: Literal["bfd", "wrapped"] = "wrapped"
+    # Conversations in mid-training data are rendered to text with this template.
+    chat_template: str = "chatml"
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        return known_template(v)
 
 
 class SFTConfig(TrainConfig):
     assistant_only_loss: bool = True
+    # Rows rendered and checked by the template lint before training (all
+    # rows when the dataset is smaller).
+    template_lint_rows: PositiveInt = 256
 
 
 class PrefgenConfig(Strict):
@@ -153,6 +199,12 @@ class PreferenceConfig(Strict):
     logging_steps: PositiveInt = 1
     save_steps: PositiveInt = 200
     keep_checkpoints: PositiveInt = 2
+    # With LoRA the reference policy is the same model with the adapter
+    # disabled: no second copy is loaded.
+    lora: LoraConfig | None = None
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    use_liger_kernel: bool = False
+    average_tokens_across_devices: bool = True
 
     @field_validator("chunks")
     @classmethod
@@ -279,11 +331,7 @@ class Recipe(Strict):
     @field_validator("chat_template")
     @classmethod
     def _template(cls, v: str) -> str:
-        from posttrain.templates import available_templates
-
-        if v not in available_templates():
-            raise ValueError(f"unknown chat template; allowed: {', '.join(available_templates())}")
-        return v
+        return known_template(v)
 
 
 def _is_source(value: dict) -> bool:
