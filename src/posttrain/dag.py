@@ -47,7 +47,8 @@ def code_digest() -> str:
     code that has since changed."""
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for path in sorted([*root.rglob("*.py"), *root.rglob("*.jinja"), *Path(components_pkg.__file__).parent.glob("*.py")]):
+    code = [*root.rglob("*.py"), *root.rglob("*.jinja"), *root.rglob("configs/*.json"), *Path(components_pkg.__file__).parent.glob("*.py")]
+    for path in sorted(code):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -65,6 +66,10 @@ def _common(recipe: Recipe, task: str) -> dict:
     }
 
 
+def _row_limit(cfg) -> int | None:
+    return None if cfg.packing and cfg.packing_strategy == "wrapped" else cfg.max_length
+
+
 def stage_configs(recipe: Recipe) -> dict[str, dict]:
     """Each task's config: only the recipe fields it uses, so a changed knob
     invalidates the cache of the tasks that read it and what depends on them."""
@@ -76,7 +81,15 @@ def stage_configs(recipe: Recipe) -> dict[str, dict]:
             "base_model": r["base_model"],
             "sources": [s for g in ("midtrain", "sft", "prompts") for s in r["data"][g]] + [r["eval"]["ifeval_data"]],
         },
-        "prepare_data": {**_common(recipe, "prepare_data"), "data": r["data"]},
+        "prepare_data": {
+            **_common(recipe, "prepare_data"),
+            "data": r["data"],
+            # Rows longer than the training max_length are dropped (and counted),
+            # except under wrapped packing, which splits a long document across
+            # sequences; mid-training conversations are rendered with their own template.
+            "sft": {"max_length": _row_limit(recipe.sft)},
+            "midtrain": {"max_length": _row_limit(recipe.midtrain), "chat_template": r["midtrain"]["chat_template"]},
+        },
         "midtrain": {**_common(recipe, "midtrain"), "train": r["midtrain"]},
         "sft": {**_common(recipe, "sft"), "train": r["sft"]},
         "select_best": {**_common(recipe, "select_best"), "select": r["select"]},

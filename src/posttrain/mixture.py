@@ -1,0 +1,280 @@
+"""Data mixture by tokens: count tokens per row, give each source a token
+budget from its recipe `weight` / `tokens`, and resample it to meet that
+budget, deterministically from the recipe seed and the source name.
+
+The planning functions (`target_tokens`, `resample`, `plan_group`) and the
+statistics (`summarise`, `stats_table`) are pure: they take token counts, not
+a tokenizer. Only `count_conversation_tokens` / `count_text_tokens` use one.
+
+Budgets and resampling are written by hand: `datasets` has
+`interleave_datasets(probabilities=...)`, but that mixes by rows, not tokens,
+and cannot give an absolute token budget or a report of what it took.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# Rows per tokenizer call: large enough for the fast tokenizer's batching,
+# small enough that one batch of long conversations stays in memory.
+BATCH_ROWS = 512
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+@dataclass(frozen=True)
+class RowTokens:
+    """Tokens of one rendered row: `context` (prompt side, no loss in SFT) and
+    `response` (assistant turns, the SFT loss)."""
+
+    context: int
+    response: int
+
+    @property
+    def total(self) -> int:
+        return self.context + self.response
+
+
+# -- counting (uses the tokenizer) -------------------------------------------------
+
+
+def _kwargs_key(kwargs: dict | None) -> str:
+    return json.dumps(kwargs or {}, sort_keys=True, default=str)
+
+
+def count_conversation_tokens(
+    tokenizer, conversations: Sequence[list[dict]], kwargs: Sequence[dict | None] | None = None, chat_template: str | None = None
+) -> list[RowTokens]:
+    """Each conversation rendered with the chat template (with its own
+    `chat_template_kwargs`), as the SFT trainer renders it; response tokens are
+    those inside the template's `{% generation %}` blocks (the assistant-only
+    loss mask). Rows are tokenized in batches of rows that share their kwargs."""
+    kwargs = list(kwargs) if kwargs is not None else [None] * len(conversations)
+    template = chat_template or tokenizer.chat_template
+    if not _GENERATION_TAG.search(template or ""):
+        return _count_without_generation_tags(tokenizer, conversations, kwargs, chat_template)
+    out: list[RowTokens | None] = [None] * len(conversations)
+    by_kwargs: dict[str, list[int]] = {}
+    for i, kw in enumerate(kwargs):
+        by_kwargs.setdefault(_kwargs_key(kw), []).append(i)
+    for key, indices in by_kwargs.items():
+        extra = json.loads(key)
+        for start in range(0, len(indices), BATCH_ROWS):
+            batch = indices[start : start + BATCH_ROWS]
+            enc = tokenizer.apply_chat_template(
+                [conversations[i] for i in batch],
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+                chat_template=chat_template,
+                **extra,
+            )
+            for i, ids, mask in zip(batch, enc["input_ids"], enc["assistant_masks"], strict=True):
+                response = sum(mask)
+                out[i] = RowTokens(context=len(ids) - response, response=response)
+    return out  # type: ignore[return-value]
+
+
+def _count_without_generation_tags(tokenizer, conversations, kwargs, chat_template) -> list[RowTokens]:
+    """A template without generation tags gives no assistant mask; the
+    response is then approximated by the tokens of the assistant contents."""
+    texts = [
+        tokenizer.apply_chat_template(c, tokenize=False, chat_template=chat_template, **(kw or {}))
+        for c, kw in zip(conversations, kwargs, strict=True)
+    ]
+    totals = count_text_tokens(tokenizer, texts)
+    replies = ["".join(m["content"] for m in c if m["role"] == "assistant") for c in conversations]
+    responses = count_text_tokens(tokenizer, replies)
+    return [RowTokens(context=max(t - r, 0), response=min(r, t)) for t, r in zip(totals, responses, strict=True)]
+
+
+def count_text_tokens(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Tokens of plain texts, batch-tokenized."""
+    out: list[int] = []
+    for start in range(0, len(texts), BATCH_ROWS):
+        enc = tokenizer(list(texts[start : start + BATCH_ROWS]), add_special_tokens=False)
+        out += [len(ids) for ids in enc["input_ids"]]
+    return out
+
+
+# -- budgets and resampling (pure) ----------------------------------------------------
+
+
+def target_tokens(sources: Sequence[dict], tokens_before: Sequence[int], group_tokens: int | None) -> list[int | None]:
+    """Each source's token budget: `tokens` as given; `weight` as its share of
+    `group_tokens` among the group's weighted sources (None: the tokens those
+    sources have before resampling); None for a source taken as it is."""
+    weighted = [i for i, s in enumerate(sources) if s.get("weight") is not None]
+    total_weight = sum(sources[i]["weight"] for i in weighted)
+    pool = group_tokens if group_tokens is not None else sum(tokens_before[i] for i in weighted)
+    out: list[int | None] = []
+    for s in sources:
+        if s.get("tokens") is not None:
+            out.append(int(s["tokens"]))
+        elif s.get("weight") is not None:
+            out.append(round(pool * s["weight"] / total_weight))
+        else:
+            out.append(None)
+    return out
+
+
+def rng_for(seed: int, key: str) -> random.Random:
+    """A generator fixed by the recipe seed and the source: reordering or
+    adding sources does not change another source's selection."""
+    digest = hashlib.sha256(f"{seed}/{key}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _take(order: Sequence[int], counts: Sequence[int], budget: int) -> list[int]:
+    """Rows in `order` until `budget` tokens. A row that would cross the
+    budget is taken only if that lands closer to it, else skipped for a later,
+    shorter one; so the result ends within half a row's tokens of the budget."""
+    taken, acc = [], 0
+    for i in order:
+        if acc >= budget:
+            break
+        if acc + counts[i] - budget > budget - acc:
+            continue
+        taken.append(i)
+        acc += counts[i]
+    return taken
+
+
+def resample(counts: Sequence[int], target: int | None, *, seed: int, key: str) -> list[tuple[int, int]]:
+    """(row index, pass) pairs meeting `target` tokens. Down-sampling: a seeded
+    shuffle, then rows until the budget is reached. Up-sampling: whole passes
+    over every row, then a seeded partial pass. Rows keep their file order
+    within a pass; pass 1 is the original, pass k > 1 a repeat."""
+    n = len(counts)
+    if target is None:
+        return [(i, 1) for i in range(n)]
+    total = sum(counts)
+    if n == 0 or total <= 0:
+        if target > 0:
+            raise ValueError(f"{key}: a token budget of {target} but no usable rows to sample from")
+        return []
+    full = target // total
+    rest = target - full * total
+    order = list(range(n))
+    rng_for(seed, key).shuffle(order)
+    partial = sorted(_take(order, counts, rest)) if rest else []
+    return [(i, k) for k in range(1, full + 1) for i in range(n)] + [(i, full + 1) for i in partial]
+
+
+def repeat_id(row_id, k: int) -> str:
+    """Ids stay unique when rows repeat: `<id>`, `<id>#2`, `<id>#3`, ..."""
+    return str(row_id) if k == 1 else f"{row_id}#{k}"
+
+
+@dataclass
+class SourcePlan:
+    name: str
+    target: int | None
+    picks: list[tuple[int, int]]
+    rows_before: int
+    tokens_before: int
+    tokens_after: int
+    rows_after: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows_after = len(self.picks)
+
+    def summary(self) -> dict:
+        return {
+            "target_tokens": self.target,
+            "rows_before": self.rows_before,
+            "rows_after": self.rows_after,
+            "tokens_before": self.tokens_before,
+            "tokens_after": self.tokens_after,
+        }
+
+
+def plan_group(
+    sources: Sequence[dict], counts: Sequence[Sequence[int]], group_tokens: int | None, *, seed: int, group: str
+) -> list[SourcePlan]:
+    """Budgets and resampling for one data group; `counts[j]` are the tokens
+    of source j's usable rows."""
+    before = [sum(c) for c in counts]
+    targets = target_tokens(sources, before, group_tokens)
+    plans = []
+    for source, c, target in zip(sources, counts, targets, strict=True):
+        picks = resample(c, target, seed=seed, key=f"{group}/{source['name']}")
+        plans.append(SourcePlan(source["name"], target, picks, len(c), sum(c), sum(c[i] for i, _ in picks)))
+    return plans
+
+
+# -- statistics (pure) ------------------------------------------------------------------
+
+MODES = ("think", "no_think")
+
+
+def summarise(name: str, rows: Sequence[tuple[str, RowTokens, int]]) -> list[dict]:
+    """One stats entry per reasoning mode of a source, from (mode, tokens,
+    turns) per training row. `turns` counts assistant turns."""
+    out = []
+    modes = [m for m in MODES if any(r[0] == m for r in rows)] + sorted({r[0] for r in rows} - set(MODES))
+    for mode in modes:
+        subset = [r for r in rows if r[0] == mode]
+        out.append(
+            {
+                "name": name,
+                "mode": mode,
+                "examples": len(subset),
+                "tokens": sum(t.total for _, t, _ in subset),
+                "context": sum(t.context for _, t, _ in subset),
+                "response": sum(t.response for _, t, _ in subset),
+                "turns": sum(n for _, _, n in subset),
+            }
+        )
+    return out
+
+
+STATS_COLUMNS = (
+    "dataset",
+    "reasoning mode",
+    "# examples",
+    "% examples",
+    "# tokens (M)",
+    "% tokens",
+    "mean tokens per example",
+    "mean tokens in context",
+    "mean tokens in response",
+    "mean turns",
+)
+
+
+def stats_table(stats: Sequence[dict]) -> str:
+    """The playbook's mixture table, one row per source and reasoning mode,
+    and a Total row (sums; its means are over all examples)."""
+    total_ex = sum(s["examples"] for s in stats) or 1
+    total_tok = sum(s["tokens"] for s in stats) or 1
+    head = "| " + " | ".join(STATS_COLUMNS) + " |\n|---|---|" + "---:|" * (len(STATS_COLUMNS) - 2) + "\n"
+
+    def row(s):
+        n = s["examples"] or 1
+        return (
+            f"| {s['name']} | {s['mode']} | {s['examples']} | {100 * s['examples'] / total_ex:.1f} | "
+            f"{s['tokens'] / 1e6:.4f} | {100 * s['tokens'] / total_tok:.1f} | {s['tokens'] / n:.1f} | "
+            f"{s['context'] / n:.1f} | {s['response'] / n:.1f} | {s['turns'] / n:.2f} |\n"
+        )
+
+    total = {
+        "name": "**Total**",
+        "mode": "",
+        **{k: sum(s[k] for s in stats) for k in ("examples", "tokens", "context", "response", "turns")},
+    }
+    return head + "".join(row(s) for s in stats) + row(total)
+
+
+def resampling_table(plans: Sequence[SourcePlan], sources: Sequence[dict]) -> str:
+    head = "| dataset | weight | token budget | rows before | rows after | tokens before | tokens after |\n|---|---:|---:|---:|---:|---:|---:|\n"
+    lines = []
+    for p, s in zip(plans, sources, strict=True):
+        weight = "" if s.get("weight") is None else f"{s['weight']:g}"
+        target = "as is" if p.target is None else str(p.target)
+        lines.append(f"| {p.name} | {weight} | {target} | {p.rows_before} | {p.rows_after} | {p.tokens_before} | {p.tokens_after} |\n")
+    return head + "".join(lines)
