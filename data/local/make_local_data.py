@@ -8,7 +8,8 @@ Stdlib only and fully deterministic (a single ``random.Random(0)``); running
 rewrites these files byte-for-byte identically every time:
 
 * ``sft.jsonl``             chat conversations for supervised fine-tuning
-                            (``{"id", "reasoning", "messages"}``)
+                            (``{"id", "reasoning", "messages"}``): N_SFT
+                            generated ones, then the hand-written EXTRA_SFT
 * ``midtrain.jsonl``        plain-text step-by-step reasoning traces
                             (``{"id", "text"}``)
 * ``prefgen_prompts.jsonl`` prompts with verifiable constraints in the IFEval
@@ -667,6 +668,49 @@ FOLLOWUPS = [
 ]
 
 
+def _turns(*pairs):
+    out = []
+    for user, answer in pairs:
+        out += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return out
+
+
+# Hand-written rows for the hybrid chat template (appended after the generated
+# ones): /think and /no_think flags inside system prompts (the flag selects the
+# mode and is not part of the custom instructions), a flag-only system prompt
+# (the template's default instructions apply), a persona that overrides the
+# default one, and three-turn conversations with reasoning in every turn.
+EXTRA_SFT = [
+    (False, [{"role": "system", "content": "You are a terse helper who answers with a number only. /no_think"},
+             *_turns(("How many legs do 3 spiders have in total?", "24"))]),
+    (True, [{"role": "system", "content": "/think Explain like you are talking to a ten-year-old, in two sentences at most."},
+            *_turns(("Why does ice float on water?",
+                     "<think>\nIce is less dense than liquid water.\nWhen water freezes, its molecules lock into an open pattern "
+                     "that takes up more space.\nKeep it to two simple sentences.\n</think>\n\nWhen water freezes, its tiny pieces "
+                     "line up in a roomy pattern, so ice is lighter than the same amount of liquid water. That is why ice floats "
+                     "on top!"))]),
+    (True, [{"role": "system", "content": "/think"},
+            *_turns(("What is 15% of 80?", "<think>\n10% of 80 is 8.\n5% of 80 is half of that, 4.\n8 + 4 = 12.\n</think>\n\n15% of 80 is 12."))]),
+    (True, [{"role": "system", "content": "You are Pixel, a friendly robot. Your name is Pixel, not SmolLM, and you always sign off "
+                                          "with '- Pixel'."},
+            *_turns(
+                ("How many minutes are there in 7 hours?",
+                 "<think>\nOne hour has 60 minutes.\n7 × 60 = 420.\nI sign off as Pixel.\n</think>\n\n7 hours have 420 minutes.\n- Pixel"),
+                ("And how many seconds is that?",
+                 "<think>\nOne minute has 60 seconds.\n420 × 60 = 25200.\nSign off as Pixel again.\n</think>\n\n"
+                 "420 minutes are 25200 seconds.\n- Pixel"),
+                ("What is your name?",
+                 "<think>\nThe user asks for my name.\nMy instructions say I am Pixel.\n</think>\n\nMy name is Pixel.\n- Pixel"),
+            )]),
+    (False, [{"role": "system", "content": "Reply in lowercase letters only."},
+             *_turns(("Name the largest planet in our solar system.", "jupiter is the largest planet in our solar system."),
+                     ("Which planet is closest to the sun?", "mercury is the closest planet to the sun."),
+                     ("How many planets are there?", "there are 8 planets in our solar system."))]),
+    (False, [{"role": "system", "content": "Answer in one word. /no_think Use a capital first letter."},
+             *_turns(("What colour do you get by mixing blue and yellow?", "Green"))]),
+]
+
+
 def assistant(reasoning: bool, steps, final: str) -> str:
     if not reasoning:
         return final
@@ -734,6 +778,9 @@ def make_sft():
         if key in seen or first_user in {k[0] for k in seen} or n_words(msgs) > 200:
             continue
         seen.add(key)
+        i += 1
+        rows.append({"id": f"sft-{i:04d}", "reasoning": reasoning, "messages": msgs})
+    for reasoning, msgs in EXTRA_SFT:
         i += 1
         rows.append({"id": f"sft-{i:04d}", "reasoning": reasoning, "messages": msgs})
     return rows
