@@ -3,7 +3,26 @@ batches of prompts of similar length, KV cache on."""
 
 from __future__ import annotations
 
+import re
+
 import torch
+
+THINK_BLOCK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
+
+
+def reasoning_kwargs(mode: str) -> dict:
+    """Template arguments that put the hybrid template in `think` or `no_think` mode."""
+    return {"enable_thinking": mode == "think"}
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of a response; an unfinished think block is all reasoning."""
+    m = THINK_BLOCK.match(text)
+    if m:
+        return m.group(1).strip(), text[m.end() :]
+    if text.lstrip().startswith("<think>"):
+        return text.lstrip()[len("<think>") :].strip(), ""
+    return "", text
 
 
 @torch.inference_mode()
@@ -18,10 +37,12 @@ def generate(
     top_p: float = 1.0,
     num_return_sequences: int = 1,
     seed: int = 0,
+    chat_template_kwargs: dict | None = None,
 ) -> list[list[str]]:
     """For each conversation, `num_return_sequences` completions (in input order)."""
     tokenizer.padding_side = "left"
-    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    kwargs = chat_template_kwargs or {}
+    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True, **kwargs) for c in conversations]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     # Similar lengths in a batch waste less compute on padding.
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))

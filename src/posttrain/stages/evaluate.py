@@ -7,7 +7,7 @@ import json
 
 from posttrain.datasets_io import load_source, read_dataset, write_dataset
 from posttrain.eval import ifeval
-from posttrain.generation import generate
+from posttrain.generation import generate, reasoning_kwargs, split_reasoning
 from posttrain.recipe import EvalConfig
 from posttrain.stages.context import StageContext, StageResult
 from posttrain.stages.shards import run_sharded
@@ -24,10 +24,12 @@ def run(ctx: StageContext) -> StageResult:
     def answer_and_score(shard: list[dict]) -> list[dict]:
         answers = generate(
             model, tokenizer, [[{"role": "user", "content": d["prompt"]}] for d in shard],
-            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, chat_template_kwargs=reasoning_kwargs(cfg.reasoning_mode),
         )
+        # The instructions apply to the answer, not to the reasoning before it.
         return [
-            {"key": d["key"], "prompt": d["prompt"], "response": a[0], "tokens": len(tokenizer(a[0])["input_ids"]), **ifeval.score(d, a[0])}
+            {"key": d["key"], "prompt": d["prompt"], "response": a[0], "tokens": len(tokenizer(a[0])["input_ids"]),
+             **ifeval.score(d, split_reasoning(a[0])[1])}
             for d, a in zip(shard, answers)
         ]
 

@@ -10,7 +10,7 @@ from collections import Counter
 
 from posttrain.datasets_io import read_dataset, write_dataset
 from posttrain.eval import ifeval
-from posttrain.generation import generate
+from posttrain.generation import generate, reasoning_kwargs, split_reasoning
 from posttrain.recipe import PrefgenConfig
 from posttrain.stages.context import StageContext, StageResult
 from posttrain.stages.shards import run_sharded
@@ -30,7 +30,8 @@ def chunk_rows(rows: list[dict], chunk: int, chunks: int, seed: int) -> list[dic
 
 def make_pair(doc: dict, answers: list[str], min_margin: float) -> tuple[dict | None, str]:
     """(pair, why): the best and worst scored answers, or None with the reason."""
-    scored = sorted(((ifeval.instruction_score(doc, a), a) for a in answers), key=lambda x: x[0])
+    # Scored on the answer; the pair keeps the whole response, reasoning included.
+    scored = sorted(((ifeval.instruction_score(doc, split_reasoning(a)[1]), a) for a in answers), key=lambda x: x[0])
     (low, rejected), (high, chosen) = scored[0], scored[-1]
     if high == low:
         return None, "tie"
@@ -61,6 +62,7 @@ def run(ctx: StageContext) -> StageResult:
             model, tokenizer, [[{"role": "user", "content": d["prompt"]}] for d in shard],
             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, temperature=cfg.temperature,
             top_p=cfg.top_p, num_return_sequences=cfg.samples_per_prompt, seed=seed + chunk,
+            chat_template_kwargs=reasoning_kwargs(cfg.reasoning_mode),
         )
         return [{"key": d["key"], "answers": a} for d, a in zip(shard, answers)]
 
