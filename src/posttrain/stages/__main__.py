@@ -2,30 +2,53 @@
 
     python -m posttrain.stages SPEC.json
 
-SPEC = {"stage": "sft", "config": {...}, "inputs": {name: dir}, "outputs": {name: dir}}.
-Used by the restart tests and bench/resume.py, and for debugging a stage."""
+SPEC = {"stage": "sft", "config": {...}, "inputs": {name: dir}, "outputs": {name: dir}},
+optionally "result": a path where the StageResult (metrics, metadata, params)
+is written as JSON, and "workdir": a scratch folder to use instead of a fresh
+one (kept afterwards; its owner removes it).
+
+Used by the restart tests and bench/resume.py, for debugging a stage, and by
+posttrain/launch.py, which starts it once per GPU under `accelerate launch`
+with a shared workdir: then only rank 0 writes the result."""
 
 import importlib
 import json
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
+from posttrain.launch import is_main_process, result_json
 from posttrain.stages.context import StageContext
 
 
 def main(spec_path: str) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s {rank}%(name)s: %(message)s", stream=sys.stderr)
     spec = json.loads(Path(spec_path).read_text())
     inputs = {k: Path(v) for k, v in spec["inputs"].items()}
     outputs = {k: Path(v) for k, v in spec["outputs"].items()}
     for path in outputs.values():
         path.mkdir(parents=True, exist_ok=True)
     ctx = StageContext.create(spec["config"], inputs, outputs)
+    shared = spec.get("workdir")
+    if shared:
+        shutil.rmtree(ctx.workdir, ignore_errors=True)
+        ctx.workdir = Path(shared)
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
     try:
         result = importlib.import_module(f"posttrain.stages.{spec['stage']}").run(ctx)
     finally:
-        ctx.cleanup()
+        if not shared:
+            ctx.cleanup()
+    if not is_main_process():
+        return
+    if spec.get("result"):
+        out = Path(spec["result"])
+        tmp = out.with_name(out.name + ".partial")
+        tmp.write_text(result_json(result))
+        tmp.rename(out)
     print(json.dumps(result.metrics), flush=True)
 
 

@@ -1,6 +1,11 @@
 """Checkpoints that lose nothing: upload every Trainer save in the background,
 keep the newest N in the store, save and upload at once on SIGTERM, and
-resume from the newest complete checkpoint of the same stage fingerprint."""
+resume from the newest complete checkpoint of the same stage fingerprint.
+
+Under `accelerate launch` (posttrain/launch.py) every rank runs this callback:
+all ranks save (each writes its own shards and RNG state into the shared
+checkpoint folder), rank 0 alone uploads, deletes and fetches; a SIGTERM seen
+by any rank stops all of them at the same step."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from posttrain.launch import any_rank, barrier, broadcast, is_main_process
 from posttrain.stages.context import StageContext
 
 log = logging.getLogger(__name__)
@@ -43,8 +49,10 @@ class CheckpointUploader(TrainerCallback):
         self.queue: queue.Queue[Path | None] = queue.Queue(maxsize=queue_size)
         self.error: BaseException | None = None
         self.preempted = threading.Event()
+        self.main = is_main_process()
         self.worker = threading.Thread(target=self._work, name="checkpoint-uploader", daemon=True)
-        self.worker.start()
+        if self.main:
+            self.worker.start()
         signal.signal(signal.SIGTERM, lambda *_: self.preempted.set())
 
     def _work(self) -> None:
@@ -64,21 +72,32 @@ class CheckpointUploader(TrainerCallback):
                 self.error = e
                 log.error("checkpoint upload failed: %s", e)
 
+    def _preempted_anywhere(self, args) -> bool:
+        """Whether any rank got SIGTERM: the ranks must agree on the step at
+        which they save and stop, or their collectives would no longer match."""
+        if any_rank(self.preempted.is_set(), args.device):
+            self.preempted.set()
+        return self.preempted.is_set()
+
     def on_step_end(self, args, state, control, **kwargs):
-        if self.preempted.is_set():
+        if self._preempted_anywhere(args):
             log.warning("SIGTERM: saving a checkpoint at step %d and stopping", state.global_step)
             control.should_save = True
             control.should_training_stop = True
         return control
 
     def on_save(self, args, state, control, **kwargs):
-        self.queue.put(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        # Every rank has written its part of the checkpoint once all are here.
+        barrier()
+        if self.main:
+            self.queue.put(Path(args.output_dir) / f"checkpoint-{state.global_step}")
         return control
 
     def finish(self) -> None:
         """Wait for every queued upload; raise if one failed or we were preempted."""
-        self.queue.put(None)
-        self.worker.join()
+        if self.main:
+            self.queue.put(None)
+            self.worker.join()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if self.error:
             raise RuntimeError(f"checkpoint upload failed: {self.error}") from self.error
@@ -88,7 +107,12 @@ class CheckpointUploader(TrainerCallback):
 
 def resume_point(ctx: StageContext) -> Path | None:
     """The newest complete checkpoint of this very stage configuration, fetched
-    locally, or None (and the log says why)."""
+    locally, or None (and the log says why). Launched ranks share the scratch
+    folder: rank 0 fetches, the others get its answer."""
+    return broadcast(_fetch_resume_point(ctx) if is_main_process() else None)
+
+
+def _fetch_resume_point(ctx: StageContext) -> Path | None:
     prefix = ctx.checkpoint_key("").rstrip("/")
     checkpoints = sorted((k for k in ctx.store.list(prefix) if _step(k) >= 0), key=_step)
     if not checkpoints:
