@@ -8,13 +8,14 @@ allowed (`RecipeError`), before anything runs or is written.
 from __future__ import annotations
 
 import copy
-import hashlib
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from posttrain.store import sha256_file as file_sha256
 
 # TRL `DPOConfig.loss_type` values the preference stage accepts.
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "apo_zero", "apo_down", "sigmoid_norm", "hinge", "robust")
@@ -174,6 +175,9 @@ class PrefgenConfig(Strict):
     max_new_tokens: PositiveInt = 256
     min_margin: Annotated[float, Field(ge=0)] = 0.0
     batch_size: PositiveInt = 16
+    # Generation through the hybrid template: /think (SmolLM3's think-mode
+    # pairs) or /no_think.
+    reasoning_mode: Literal["think", "no_think"] = "no_think"
     max_prompts_per_chunk: PositiveInt | None = None
     # Prompts per shard: finished shards survive a restart.
     shard_size: PositiveInt = 512
@@ -233,6 +237,8 @@ class EvalConfig(Strict):
     ifeval_limit: PositiveInt | None = None
     max_new_tokens: PositiveInt = 1024
     batch_size: PositiveInt = 16
+    # Answers are generated in this mode; IFEval scores the answer after the think block.
+    reasoning_mode: Literal["think", "no_think"] = "no_think"
     # Prompts per shard: finished shards survive a restart.
     shard_size: PositiveInt = 256
 
@@ -361,13 +367,6 @@ def _format_error(err: ValidationError, source: str) -> str:
         lines.append(f"  {field} = {e.get('input')!r}: {msg}")
     return "\n".join(lines)
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pin_local_file(entry: dict, field: str, base_dir: Path, source: str) -> None:
