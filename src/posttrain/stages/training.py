@@ -76,7 +76,11 @@ def attention(requested: str) -> str:
     from transformers.utils import is_flash_attn_2_available
 
     if not is_flash_attn_2_available():
-        log.warning("attn_implementation=flash_attention_2 requested but no CUDA device with the flash-attn package: using sdpa")
+        # Measured on an H100 (README, bench/sft_gpu.py): padding-free packing
+        # under sdpa computes masked attention over the whole packed row and is
+        # slower than padded batches; only a varlen kernel makes packing pay.
+        log.warning("attn_implementation=flash_attention_2 requested but no CUDA device with the flash-attn package: using sdpa "
+                    "(on a GPU, packed batches under sdpa train slower than padded ones: install flash-attn in the train image)")
         return "sdpa"
     return requested
 
