@@ -48,7 +48,7 @@ compile: $(STAMP) ## validate pipelines/$(PIPELINE).yaml and write its cluster K
 	$(VENV)/bin/posttrain compile $(RECIPE) -o build/$(PIPELINE).yaml
 
 bench: setup ## run every benchmark in bench/ (ratios measured side by side in one run)
-	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in bench/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean: ## remove runs/, build/ and the local cache (keeps .venv)
 	rm -rf runs build .cache

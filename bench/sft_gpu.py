@@ -58,6 +58,7 @@ import time
 from pathlib import Path
 
 import torch
+from _collate import CountingCollator
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -165,20 +166,6 @@ class StepClock:
     def on_step_end(self, args, state, control, **kwargs):
         torch.cuda.synchronize()
         self.ends.append(time.perf_counter())
-
-
-class CountingCollator:
-    """TRL's collator, recording (real, processed) tokens of each batch, in order."""
-
-    def __init__(self, inner):
-        self.inner, self.batches = inner, []
-
-    def __call__(self, examples):
-        batch = self.inner(examples)
-        total = batch["input_ids"].numel()
-        real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else total
-        self.batches.append((real, total))
-        return batch
 
 
 def run_config(name: str, tokenizer, dataset, packed: bool, liger: bool, attn: str, batch_size: int, args, tmp: Path) -> dict:

@@ -75,6 +75,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
+from _collate import CountingCollator  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
@@ -98,20 +99,6 @@ class StepClock(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.ends.append(time.perf_counter())
         self.cpu_ends.append(time.process_time())
-
-
-class CountingCollator:
-    """TRL's own collator, recording real (non-pad) and total tokens of each batch."""
-
-    def __init__(self, inner):
-        self.inner, self.batches = inner, []
-
-    def __call__(self, examples):
-        batch = self.inner(examples)
-        total = batch["input_ids"].numel()
-        real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else total
-        self.batches.append((real, total))
-        return batch
 
 
 def peak_flops(n: int = 2048, reps: int = 5) -> float:
