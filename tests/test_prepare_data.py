@@ -216,12 +216,15 @@ def test_conversation_fields_kept(run_stage, tiny, tmp_path, tokenizer):
         {"id": "k2", "messages": SFT[1]["messages"], "chat_template_kwargs": json.dumps({"enable_thinking": False})},
         {"id": "k3", "messages": SFT[2]["messages"], "reasoning": True},
         {"id": "k4", "messages": SFT[3]["messages"]},
+        # The row's own template arguments win over its flag, in the mode as in the rendering.
+        {"id": "k5", "messages": SFT[4]["messages"], "reasoning": True, "chat_template_kwargs": {"enable_thinking": False}},
     ]
     conv = [{"id": "m1", "messages": SFT[3]["messages"]}]
     recipe = with_data(tiny, sft=[{"name": "kw", "path": _write(tmp_path / "kw.jsonl", rows)}], midtrain=[{"name": "conv", "path": _write(tmp_path / "conv.jsonl", conv)}])
     out = run_stage(recipe)
     assert [(r["id"], r["reasoning"], r.get("chat_template_kwargs")) for r in out["sft"]] == [
         ("k1", True, {"enable_thinking": True}), ("k2", False, {"enable_thinking": False}), ("k3", True, None), ("k4", False, None),
+        ("k5", False, {"enable_thinking": False}),
     ]
     assert [r["messages"] for r in out["sft"]] == [r["messages"] for r in rows]
     # The token counts are those of the rows as the sft stage renders them.

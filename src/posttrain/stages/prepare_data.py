@@ -15,7 +15,7 @@ from posttrain.datasets_io import load_source_resolved, write_dataset
 from posttrain.models import materialize, read_model_ref
 from posttrain.stages.context import StageContext, StageResult
 from posttrain.stages.training import load_tokenizer
-from posttrain.templates import load_template, row_template_kwargs
+from posttrain.templates import load_template, own_template_kwargs, row_template_kwargs
 
 log = logging.getLogger(__name__)
 ROLES = {"system", "user", "assistant"}
@@ -116,26 +116,12 @@ def _normalise_prompt(row: dict, key) -> dict:
     return {"key": row.get("key", key), "prompt": row["prompt"], "instruction_id_list": row["instruction_id_list"], "kwargs": kwargs}
 
 
-def _template_kwargs(row: dict) -> dict | None:
-    """A row's `chat_template_kwargs` (a dict, or a JSON string of one) as a
-    dict without nulls: Hub datasets store a struct's missing fields as nulls."""
-    kw = row.get("chat_template_kwargs")
-    if isinstance(kw, str):
-        kw = json.loads(kw)
-    if not isinstance(kw, dict):
-        return None
-    return {k: v for k, v in kw.items() if v is not None} or None
-
-
 def reasoning_mode(row: dict) -> str | None:
-    """think / no_think from the row's `reasoning` flag, else from its
-    `chat_template_kwargs.enable_thinking` (smoltalk2); None when neither says."""
-    if row.get("reasoning") is not None:
-        return "think" if row["reasoning"] else "no_think"
-    enable = (_template_kwargs(row) or {}).get("enable_thinking")
-    if enable is not None:
-        return "think" if enable else "no_think"
-    return None
+    """think / no_think as the template will render the row: its
+    `enable_thinking` (from the `reasoning` flag, overridden by the row's own
+    `chat_template_kwargs`, as smoltalk2 rows carry it); None when neither says."""
+    enable = row_template_kwargs(row).get("enable_thinking")
+    return None if enable is None else ("think" if enable else "no_think")
 
 
 @dataclass
@@ -174,8 +160,8 @@ def _prepare_conversations(group: str, source: dict, max_invalid: float, max_len
             turns[i] = 0
         if group == "sft":
             items[i] = {"id": row_id(row, name, i), "source": name, "reasoning": mode == "think", "messages": row["messages"]}
-            if _template_kwargs(row):
-                items[i]["chat_template_kwargs"] = _template_kwargs(row)
+            if own_template_kwargs(row):
+                items[i]["chat_template_kwargs"] = own_template_kwargs(row)
             modes[i] = mode or "no_think"
         else:
             items[i] = {"id": row_id(row, name, i), "source": name, "text": row["text"] if _is_text(row) else None}
@@ -188,7 +174,7 @@ def _prepare_conversations(group: str, source: dict, max_invalid: float, max_len
     else:
         for i in usable:
             if items[i]["text"] is None:
-                kwargs = row_template_kwargs({"chat_template_kwargs": _template_kwargs(rows[i])})
+                kwargs = row_template_kwargs({"chat_template_kwargs": own_template_kwargs(rows[i])})
                 items[i]["text"] = tokenizer.apply_chat_template(rows[i]["messages"], tokenize=False, chat_template=template, **kwargs)
         # Mid-training trains on every token: all of a row counts as response.
         tokens = [mixture.RowTokens(0, n) for n in mixture.count_text_tokens(tokenizer, [items[i]["text"] for i in usable])]

@@ -32,6 +32,17 @@ def load_template(name: str) -> str:
     return (_DIR / f"{name}.jinja").read_text()
 
 
+def own_template_kwargs(row: dict) -> dict:
+    """A row's own `chat_template_kwargs` (a dict, or a JSON string of one)
+    without nulls: Hub datasets store a struct's missing fields as nulls."""
+    kw = row.get("chat_template_kwargs")
+    if isinstance(kw, str):
+        kw = json.loads(kw)
+    if not isinstance(kw, dict):
+        return {}
+    return {k: v for k, v in kw.items() if v is not None}
+
+
 def row_template_kwargs(row: dict) -> dict:
     """The chat template arguments of one SFT row: `enable_thinking` from the
     row's `reasoning` flag (think / no_think), then the row's own
@@ -40,12 +51,7 @@ def row_template_kwargs(row: dict) -> dict:
     kwargs: dict = {}
     if row.get("reasoning") is not None:
         kwargs["enable_thinking"] = bool(row["reasoning"])
-    extra = row.get("chat_template_kwargs") or {}
-    if isinstance(extra, str):
-        extra = json.loads(extra)
-    for key, value in extra.items():
-        if value is None:
-            continue
+    for key, value in own_template_kwargs(row).items():
         if key in _TOOL_KWARGS and isinstance(value, list):
             key = _TOOL_KWARGS[key]
             strings = [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value]
