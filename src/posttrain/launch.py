@@ -8,8 +8,8 @@ its StageResult (metrics + metadata) to a JSON file that this process reads
 back. Everything else, and any stage with 0 or 1 GPU, runs in this process as
 before. The KFP components call `execute` and know nothing of this.
 
-The second half of the module is what a stage uses when it was launched:
-which process is rank 0, a barrier, a broadcast (no-ops in one process).
+At the end, `is_main_process` for the stages (accelerate's process state;
+the collectives the stages need come from accelerate.utils).
 """
 
 from __future__ import annotations
@@ -162,46 +162,9 @@ def result_json(result) -> str:
 # -- inside a launched stage ---------------------------------------------------------
 
 
-def _dist():
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
-
-
-def world_size() -> int:
-    dist = _dist()
-    return dist.get_world_size() if dist else int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def is_main_process() -> bool:
-    """Rank 0 (or the only process): the one that writes outputs and uploads."""
-    dist = _dist()
-    return dist.get_rank() == 0 if dist else int(os.environ.get("RANK", "0")) == 0
+    """Rank 0 (or the only process): the one that writes outputs and uploads.
+    accelerate's process state, which the Trainer shares."""
+    from accelerate import PartialState
 
-
-def barrier() -> None:
-    dist = _dist()
-    if dist:
-        dist.barrier()
-
-
-def any_rank(flag: bool, device) -> bool:
-    """True on every rank when `flag` is true on at least one."""
-    dist = _dist()
-    if not dist:
-        return flag
-    import torch
-
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item() > 0
-
-
-def broadcast(value):
-    """Rank 0's `value` on every rank."""
-    dist = _dist()
-    if not dist:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return PartialState().is_main_process

@@ -17,9 +17,11 @@ import signal
 import threading
 from pathlib import Path
 
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object
 from transformers import TrainerCallback
 
-from posttrain.launch import any_rank, barrier, broadcast, is_main_process
+from posttrain.launch import is_main_process
 from posttrain.stages.context import StageContext
 
 log = logging.getLogger(__name__)
@@ -72,15 +74,15 @@ class CheckpointUploader(TrainerCallback):
                 self.error = e
                 log.error("checkpoint upload failed: %s", e)
 
-    def _preempted_anywhere(self, args) -> bool:
+    def _preempted_anywhere(self) -> bool:
         """Whether any rank got SIGTERM: the ranks must agree on the step at
         which they save and stop, or their collectives would no longer match."""
-        if any_rank(self.preempted.is_set(), args.device):
+        if any(gather_object([self.preempted.is_set()])):
             self.preempted.set()
         return self.preempted.is_set()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._preempted_anywhere(args):
+        if self._preempted_anywhere():
             log.warning("SIGTERM: saving a checkpoint at step %d and stopping", state.global_step)
             control.should_save = True
             control.should_training_stop = True
@@ -88,7 +90,7 @@ class CheckpointUploader(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         # Every rank has written its part of the checkpoint once all are here.
-        barrier()
+        PartialState().wait_for_everyone()
         if self.main:
             self.queue.put(Path(args.output_dir) / f"checkpoint-{state.global_step}")
         return control
@@ -109,7 +111,7 @@ def resume_point(ctx: StageContext) -> Path | None:
     """The newest complete checkpoint of this very stage configuration, fetched
     locally, or None (and the log says why). Launched ranks share the scratch
     folder: rank 0 fetches, the others get its answer."""
-    return broadcast(_fetch_resume_point(ctx) if is_main_process() else None)
+    return broadcast_object_list([_fetch_resume_point(ctx) if is_main_process() else None])[0]
 
 
 def _fetch_resume_point(ctx: StageContext) -> Path | None:

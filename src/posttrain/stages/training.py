@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from posttrain.launch import is_main_process, world_size
+from posttrain.launch import is_main_process
 from posttrain.lora import finetuning_facts, merge_adapter, peft_config
 from posttrain.models import ModelRef, materialize, read_model_ref
 from posttrain.store import manifest_digest
@@ -41,7 +41,7 @@ def load_tokenizer(model_dir: Path, chat_template: str):
 def materialize_shared(ref: ModelRef) -> Path:
     """Launched processes share the model cache: one downloads, the others wait
     for it and then find it there."""
-    if world_size() <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # set by the launcher for each process
         return materialize(ref)
     from filelock import FileLock
 
