@@ -149,7 +149,7 @@ def run_launched(stage: str, config: dict, inputs: dict[str, Path], outputs: dic
 
 def execute(stage: str, config: dict, inputs: dict[str, Path], outputs: dict[str, Path]):
     """Run a stage where it belongs (see the module docstring)."""
-    gpus = visible_gpus() if stage in TRAINING_STAGES else 0
+    gpus = visible_gpus()
     if should_launch(stage, gpus):
         return run_launched(stage, config, inputs, outputs, gpus)
     return run_in_process(stage, config, inputs, outputs)

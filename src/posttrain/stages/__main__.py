@@ -15,7 +15,6 @@ import importlib
 import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -31,12 +30,10 @@ def main(spec_path: str) -> None:
     outputs = {k: Path(v) for k, v in spec["outputs"].items()}
     for path in outputs.values():
         path.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext.create(spec["config"], inputs, outputs)
-    shared = spec.get("workdir")
+    shared = Path(spec["workdir"]) if spec.get("workdir") else None
     if shared:
-        shutil.rmtree(ctx.workdir, ignore_errors=True)
-        ctx.workdir = Path(shared)
-        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        shared.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext.create(spec["config"], inputs, outputs, workdir=shared)
     try:
         result = importlib.import_module(f"posttrain.stages.{spec['stage']}").run(ctx)
     finally:

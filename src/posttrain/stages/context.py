@@ -43,7 +43,9 @@ class StageContext:
     workdir: Path
 
     @classmethod
-    def create(cls, config: dict, inputs: dict[str, Path], outputs: dict[str, Path]) -> StageContext:
+    def create(cls, config: dict, inputs: dict[str, Path], outputs: dict[str, Path], workdir: Path | None = None) -> StageContext:
+        """`workdir`: a scratch folder shared by launched ranks (its owner
+        removes it); by default a fresh one that `cleanup` removes."""
         store_uri = os.environ.get(STORE_ENV) or config["store_uri"]
         log_root = os.environ.get(LOG_DIR_ENV)
         task = config["task"]
@@ -54,7 +56,7 @@ class StageContext:
             outputs=outputs,
             store=open_store(store_uri),
             log_dir=Path(log_root) / task if log_root else None,
-            workdir=Path(tempfile.mkdtemp(prefix=f"posttrain-{task}-")),
+            workdir=workdir or Path(tempfile.mkdtemp(prefix=f"posttrain-{task}-")),
         )
 
     @cached_property
