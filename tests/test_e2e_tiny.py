@@ -17,8 +17,8 @@ STAGE_OUTPUTS = {
     "prepare-data": ["sft/data.jsonl", "midtrain/data.jsonl", "prompts/data.jsonl", "stats", "metrics"],
     "midtrain": ["model/model.json", "metrics"],
     "sft": ["model/model.json", "metrics"],
-    "prefgen": ["pairs/data.jsonl", "metrics"],
-    "prefgen-2": ["pairs/data.jsonl", "metrics"],
+    "prefgen": ["pairs/data.jsonl", "stats", "samples", "metrics"],
+    "prefgen-2": ["pairs/data.jsonl", "stats", "samples", "metrics"],
     "preference-train": ["model/model.json", "metrics"],
     "preference-train-2": ["model/model.json", "metrics"],
     "evaluate": ["scoreboard/data.jsonl", "samples/data.jsonl", "metrics"],
@@ -88,6 +88,10 @@ def test_report_has_every_row(runs):
     assert labels[:5] == ["base", "midtrain", "sft", "chunk-1", "chunk-2"] and labels[5].startswith("selected (")
     assert "ifeval.prompt_strict" in report and "ifeval.inst_loose" in report
     assert "| local-sft |" in report  # the data statistics table
+    # Each chunk's preference-pair statistics, and its sample pairs beside the report.
+    assert "## Preference pairs, chunk 1" in report and "## Preference pairs, chunk 2" in report
+    assert "chosen / rejected length" in report
+    assert (first / "prefgen-1-samples.html").is_file() and (first / "prefgen-2-samples.html").is_file()
     assert "| checkpoint |" in result.stdout
 
 

@@ -1,7 +1,7 @@
-"""IFEval scoring (lm-eval's checkers, offline) and the prefgen pair rule."""
+"""IFEval scoring (lm-eval's checkers, offline) and prefgen's chunks."""
 
 from posttrain.eval import ifeval
-from posttrain.stages.prefgen import chunk_rows, make_pair
+from posttrain.stages.prefgen import chunk_rows
 
 NO_COMMA_LOWER = {
     "key": 1,
@@ -34,15 +34,6 @@ def test_aggregate_prompt_and_instruction_level():
     agg = ifeval.aggregate(scores)
     assert agg["prompt_strict"] == 0.5
     assert agg["inst_strict"] == 0.75
-
-
-def test_pair_is_best_vs_worst_and_ties_are_dropped():
-    pair, why = make_pair(NO_COMMA_LOWER, [HALF, BAD, GOOD], min_margin=0.0)
-    assert why == "kept"
-    assert pair["chosen"][0]["content"] == GOOD and pair["rejected"][0]["content"] == BAD
-    assert pair["margin"] == 1.0
-    assert make_pair(NO_COMMA_LOWER, [GOOD, GOOD + " too"], 0.0) == (None, "tie")
-    assert make_pair(NO_COMMA_LOWER, [GOOD, HALF], 0.75) == (None, "below margin")
 
 
 def test_chunks_are_disjoint_and_cover_the_data():

@@ -70,6 +70,22 @@ def _row_limit(cfg) -> int | None:
     return None if cfg.packing and cfg.packing_strategy == "wrapped" else cfg.max_length
 
 
+def eval_sources(recipe: Recipe) -> list[dict]:
+    """Every eval set the recipe uses: training prompts are decontaminated against them."""
+    return [recipe.eval.ifeval_data.model_dump(mode="json")]
+
+
+def extra_models(recipe: Recipe) -> list[dict]:
+    """Models the recipe names besides the base model: preflight checks they resolve."""
+    p = recipe.prefgen
+    models = [m for m in (p.strong, p.weak) if m is not None]
+    if p.grader and p.grader.model:
+        models.append(p.grader.model)
+    if p.grader and p.grader.judge:
+        models += p.grader.judge.models
+    return [m.model_dump(mode="json") for m in models]
+
+
 def stage_configs(recipe: Recipe) -> dict[str, dict]:
     """Each task's config: only the recipe fields it uses, so a changed knob
     invalidates the cache of the tasks that read it and what depends on them."""
@@ -79,7 +95,8 @@ def stage_configs(recipe: Recipe) -> dict[str, dict]:
         "preflight": {
             **_common(recipe, "preflight"),
             "base_model": r["base_model"],
-            "sources": [s for g in ("midtrain", "sft", "prompts") for s in r["data"][g]] + [r["eval"]["ifeval_data"]],
+            "sources": [s for g in ("midtrain", "sft", "prompts") for s in r["data"][g]] + eval_sources(recipe),
+            "models": extra_models(recipe),
         },
         "prepare_data": {
             **_common(recipe, "prepare_data"),
@@ -99,7 +116,7 @@ def stage_configs(recipe: Recipe) -> dict[str, dict]:
         cfg[f"evaluate_{label}"] = {**_common(recipe, f"evaluate_{label}"), "label": label, "eval": r["eval"]}
     for k in range(1, k_total + 1):
         chunk = {"chunk": k, "chunks": k_total}
-        cfg[f"prefgen_{k}"] = {**_common(recipe, f"prefgen_{k}"), **chunk, "prefgen": r["prefgen"]}
+        cfg[f"prefgen_{k}"] = {**_common(recipe, f"prefgen_{k}"), **chunk, "prefgen": r["prefgen"], "eval_sets": eval_sources(recipe)}
         cfg[f"preference_train_{k}"] = {**_common(recipe, f"preference_train_{k}"), **chunk, "preference": r["preference"]}
     return cfg
 

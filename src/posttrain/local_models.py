@@ -4,6 +4,9 @@
   (installed with --no-deps), de-quantised by transformers into safetensors.
 - `tiny`: a randomly initialised 2-layer Llama with SmolLM2's tokenizer, for
   fast tests.
+- `tiny-reward`: the same small Llama as a sequence classifier with one label
+  (a reward model), randomly initialised, with SmolLM2's tokenizer, for fast
+  reward-model tests.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import shutil
 from pathlib import Path
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-LOCAL_MODELS = ("smollm2-135m-instruct", "tiny")
+LOCAL_MODELS = ("smollm2-135m-instruct", "tiny", "tiny-reward")
 
 
 def cache_dir() -> Path:
@@ -59,13 +62,11 @@ def _convert_smollm2(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _build_tiny(out: Path) -> None:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def _tiny_config(tokenizer, **extra):
+    """The small Llama shared by the tiny models, sized to SmolLM2's tokenizer."""
+    from transformers import LlamaConfig
 
-    source = prepare("smollm2-135m-instruct")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -77,15 +78,37 @@ def _build_tiny(out: Path) -> None:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
+
+
+def _build_tiny(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(prepare("smollm2-135m-instruct"))
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
+    LlamaForCausalLM(_tiny_config(tokenizer)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _build_tiny_reward(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(prepare("smollm2-135m-instruct"))
+    config = _tiny_config(tokenizer, num_labels=1)
+    # The classifier scores the last non-pad token, which it finds by pad_token_id.
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.eos_token_id
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
 def prepare(name: str) -> Path:
     """Path of a local model, building it on first use."""
-    builders = {"smollm2-135m-instruct": _convert_smollm2, "tiny": _build_tiny}
+    builders = {"smollm2-135m-instruct": _convert_smollm2, "tiny": _build_tiny, "tiny-reward": _build_tiny_reward}
     if name not in builders:
         raise ValueError(f"local:{name}: unknown local model; allowed: {', '.join('local:' + n for n in LOCAL_MODELS)}")
     dest = cache_dir() / "models" / name

@@ -1,13 +1,15 @@
 """Run a recipe's DAG on this machine through KFP's own local runner.
 
 Everything a run writes goes under runs/<recipe>-<timestamp>/: the KFP
-pipeline root, checkpoints, TensorBoard logs and report.md. KFP's local cache
+pipeline root, checkpoints, TensorBoard logs, report.md and each chunk's
+prefgen-<k>-samples.html. KFP's local cache
 lives in runs/.kfp-cache so that a second run reuses unchanged tasks.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,20 @@ class LocalRun:
     run_dir: Path
     report: str
     seconds: float
+
+
+def _preference_data(run_dir: Path) -> str:
+    """Each chunk's pair statistics (for report.md), with its page of sample
+    pairs copied next to the report: prefgen-<k>-samples.html."""
+    sections = []
+    for stats in sorted(run_dir.glob("kfp/*/prefgen*/stats"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        chunk = stats.parent.name.removeprefix("prefgen").lstrip("-") or "1"
+        samples = stats.parent / "samples"
+        if samples.is_file():
+            shutil.copyfile(samples, run_dir / f"prefgen-{chunk}-samples.html")
+        # One heading level down: the chunk sections sit under the run's report.
+        sections.append(stats.read_text().replace("\n#", "\n##").replace("# Preference pairs", "## Preference pairs", 1))
+    return "\n".join(sections)
 
 
 def run_local(recipe: Recipe, runs_root: Path, *, caching: bool = True) -> LocalRun:
@@ -55,6 +71,6 @@ def run_local(recipe: Recipe, runs_root: Path, *, caching: bool = True) -> Local
     seconds = time.monotonic() - started
     results = Path(outputs.outputs["report"].path).read_text()
     stats = Path(outputs.outputs["stats"].path).read_text()
-    report = f"# {recipe.name} ({recipe.profile})\n\nRun folder: `{run_dir}`\n\n{results}\n{stats}"
+    report = f"# {recipe.name} ({recipe.profile})\n\nRun folder: `{run_dir}`\n\n{results}\n{stats}\n{_preference_data(run_dir)}"
     (run_dir / "report.md").write_text(report)
     return LocalRun(run_dir=run_dir, report=results, seconds=seconds)

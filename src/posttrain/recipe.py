@@ -164,23 +164,115 @@ class SFTConfig(TrainConfig):
     template_lint_rows: PositiveInt = 256
 
 
-class PrefgenConfig(Strict):
-    """On-policy samples scored by the IFEval verifier; pairs = best vs worst."""
+class JudgeConfig(Strict):
+    """Pairwise LLM judge: each comparison is asked in both orders (a
+    disagreement is a tie); several models form a jury that decides by majority."""
 
-    method: Literal["on_policy"] = "on_policy"
-    grader: Literal["ifeval_verifier"] = "ifeval_verifier"
+    models: Annotated[list[ModelSource], Field(min_length=1)]
+    max_new_tokens: PositiveInt = 512
+    # The judge's own reasoning mode, for hybrid models.
+    reasoning_mode: Literal["think", "no_think"] = "no_think"
+    batch_size: PositiveInt = 16
+
+
+class GraderConfig(Strict):
+    """What scores a response.
+
+    - `verifier`: IFEval's instruction checkers for prompts with
+      `instruction_id_list`/`kwargs`, math-verify against the prompt's
+      `answer` for math prompts; the score is the share of instructions
+      followed (1/0 for math).
+    - `reward_model`: a sequence-classification model scores prompt + response.
+    - `judge`: an LLM judge (or a jury) compares responses pairwise; the score
+      is a response's share of comparisons won (ties count half).
+    """
+
+    kind: Literal["verifier", "reward_model", "judge"] = "verifier"
+    model: ModelSource | None = None
+    judge: JudgeConfig | None = None
+    batch_size: PositiveInt = 16
+    # math-verify can hang on pathological answers; a response not verified in
+    # this time scores 0 and is counted as a grader error.
+    math_timeout_s: PositiveFloat = 5.0
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> GraderConfig:
+        if self.kind == "reward_model" and self.model is None:
+            raise ValueError("kind reward_model needs `model` (a sequence-classification model)")
+        if self.kind == "judge" and self.judge is None:
+            raise ValueError("kind judge needs `judge: {models: [...]}`")
+        if self.kind != "reward_model" and self.model is not None:
+            raise ValueError(f"`model` is only for kind reward_model (kind is {self.kind}); a judge's models go in `judge.models`")
+        if self.kind != "judge" and self.judge is not None:
+            raise ValueError(f"`judge` is only for kind judge (kind is {self.kind})")
+        return self
+
+
+class DecontaminationConfig(Strict):
+    """Prompts that share word n-grams with any eval set of the recipe are removed
+    before generation: a prompt goes when at least `threshold` of its n-grams
+    appear in an eval prompt (a prompt shorter than `ngram` words is one n-gram)."""
+
+    enabled: bool = True
+    ngram: Annotated[int, Field(ge=3)] = 8
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+
+class PrefgenConfig(Strict):
+    """Preference pairs for one chunk.
+
+    - `on_policy`: the policy answers each prompt `samples_per_prompt` times;
+      the grader scores every answer; chosen = best, rejected = worst; ties
+      and pairs under `min_margin` are dropped and counted.
+    - `strong_vs_weak`: `strong` and `weak` answer the same prompts; chosen =
+      strong, rejected = weak. With a grader, pairs it ranks the other way
+      round are dropped (`filter_disagreements`).
+    """
+
+    method: Literal["on_policy", "strong_vs_weak"] = "on_policy"
+    strong: ModelSource | None = None
+    weak: ModelSource | None = None
+    grader: GraderConfig | None = GraderConfig()
+    filter_disagreements: bool = True
     samples_per_prompt: Annotated[int, Field(ge=2)] = 4
     temperature: PositiveFloat = 0.8
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
     max_new_tokens: PositiveInt = 256
     min_margin: Annotated[float, Field(ge=0)] = 0.0
     batch_size: PositiveInt = 16
-    # Generation through the hybrid template: /think (SmolLM3's think-mode
+    # Generation through the chat template: /think (SmolLM3's think-mode
     # pairs) or /no_think.
     reasoning_mode: Literal["think", "no_think"] = "no_think"
     max_prompts_per_chunk: PositiveInt | None = None
     # Prompts per shard: finished shards survive a restart.
     shard_size: PositiveInt = 512
+    # `auto`: vLLM's offline engine where a GPU and vllm are present, else
+    # batched transformers generation.
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    tensor_parallel_size: PositiveInt = 1
+    decontamination: DecontaminationConfig = DecontaminationConfig()
+    # Length bias is a known failure of DPO. `balance` drops the
+    # lowest-margin pairs of whichever side is larger until as many pairs
+    # have the longer answer chosen as rejected.
+    length_control: Literal["none", "balance"] = "none"
+    # Bad prompt rows, grader failures and judge answers without a verdict
+    # are counted and reported; the stage fails when more than this share of
+    # the chunk's prompts had one.
+    max_error_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    # Pairs shown on the HTML sample page.
+    sample_pairs: Annotated[int, Field(ge=0)] = 20
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> PrefgenConfig:
+        if self.method == "strong_vs_weak":
+            if self.strong is None or self.weak is None:
+                raise ValueError("method strong_vs_weak needs both `strong` and `weak` models")
+        else:
+            if self.strong is not None or self.weak is not None:
+                raise ValueError("`strong`/`weak` are only for method strong_vs_weak; on_policy samples the policy")
+            if self.grader is None:
+                raise ValueError("method on_policy needs a `grader` to rank the samples")
+        return self
 
 
 class PreferenceConfig(Strict):

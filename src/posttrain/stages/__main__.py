@@ -2,7 +2,7 @@
 
     python -m posttrain.stages SPEC.json
 
-SPEC = {"stage": "sft", "config": {...}, "inputs": {name: dir}, "outputs": {name: dir}},
+SPEC = {"stage": "sft", "config": {...}, "inputs": {name: dir}, "outputs": {name: dir or file}},
 optionally "result": a path where the StageResult (metrics, metadata, params)
 is written as JSON, and "workdir": a scratch folder to use instead of a fresh
 one (kept afterwards; its owner removes it).
@@ -29,7 +29,8 @@ def main(spec_path: str) -> None:
     inputs = {k: Path(v) for k, v in spec["inputs"].items()}
     outputs = {k: Path(v) for k, v in spec["outputs"].items()}
     for path in outputs.values():
-        path.mkdir(parents=True, exist_ok=True)
+        # Directory artifacts (models, datasets), or single files (report.md, samples.html).
+        (path.parent if path.suffix else path).mkdir(parents=True, exist_ok=True)
     shared = Path(spec["workdir"]) if spec.get("workdir") else None
     if shared:
         shared.mkdir(parents=True, exist_ok=True)

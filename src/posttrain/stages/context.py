@@ -60,21 +60,35 @@ class StageContext:
         )
 
     @cached_property
-    def fingerprint(self) -> str:
-        """Hash of the stage's config and its input references (not contents of
-        weights: a model input is identified by its model.json)."""
-        h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
+    def _inputs_digest(self) -> bytes:
+        """Hash of the input references (not contents of weights: a model input
+        is identified by its model.json)."""
+        h = hashlib.sha256()
         for name in sorted(self.inputs):
             h.update(name.encode())
             for path in sorted(p for p in self.inputs[name].rglob("*") if p.is_file()):
                 h.update(path.name.encode())
                 h.update(path.read_bytes() if path.stat().st_size < (1 << 26) else str(path.stat().st_size).encode())
+        return h.digest()
+
+    def scoped_fingerprint(self, config: dict) -> str:
+        """Hash of `config` (the stage's, or the part of it a piece of work
+        depends on) and the stage's inputs."""
+        h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+        h.update(self._inputs_digest)
         return h.hexdigest()
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return self.scoped_fingerprint(self.config)
 
     def cleanup(self) -> None:
         """Remove the scratch folder (local copies of weights and checkpoints)."""
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def checkpoint_key(self, name: str = "final") -> str:
-        """`<recipe>/<task>/<fingerprint>/<name>`: a changed stage never sees another's checkpoints."""
-        return f"{self.config['recipe']}/{self.task}/{self.fingerprint[:16]}/{name}"
+    def checkpoint_key(self, name: str = "final", scope: dict | None = None) -> str:
+        """`<recipe>/<task>/<fingerprint>/<name>`: a changed stage never sees
+        another's checkpoints. With `scope`, the fingerprint covers only that
+        part of the config, so work that a changed knob does not affect is kept."""
+        fingerprint = self.fingerprint if scope is None else self.scoped_fingerprint(scope)
+        return f"{self.config['recipe']}/{self.task}/{fingerprint[:16]}/{name}"

@@ -53,11 +53,23 @@ def sft_row_problem(row: dict) -> str | None:
 
 
 def prompt_row_problem(row: dict) -> str | None:
-    if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-        return "no prompt"
+    """A prompt is `prompt` (a string) or `messages` (a conversation ending
+    with a user turn). IFEval checks (`instruction_id_list` with `kwargs`) and a
+    math `answer` are optional here: the grader decides what it needs."""
+    messages = row.get("messages")
+    if messages is not None:
+        if not isinstance(messages, list) or not messages or any(
+            not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str) for m in messages
+        ):
+            return "messages not a list of {role, content} turns"
+        if messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
+            return "messages do not end with a non-empty user turn"
+    elif not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+        return "no prompt (give `prompt` or `messages`)"
     ids, kwargs = row.get("instruction_id_list"), row.get("kwargs")
-    if not isinstance(ids, list) or not isinstance(kwargs, list) or len(ids) != len(kwargs) or not ids:
-        return "instruction_id_list and kwargs missing or of different lengths"
+    if ids is not None or kwargs is not None:
+        if not isinstance(ids, list) or not isinstance(kwargs, list) or len(ids) != len(kwargs) or not ids:
+            return "instruction_id_list and kwargs missing or of different lengths"
     return None
 
 
@@ -109,11 +121,17 @@ def _check(group: str, source: dict, rows: list[dict], problems: list[str | None
     return dropped
 
 
+PROMPT_FIELDS = ("prompt", "messages", "answer")
+
+
 def _normalise_prompt(row: dict, key) -> dict:
-    kwargs = [json.loads(k) if isinstance(k, str) else (k or {}) for k in row["kwargs"]]
-    # Hub datasets store unused kwargs as nulls; the checkers want them absent.
-    kwargs = [{k: v for k, v in kw.items() if v is not None} for kw in kwargs]
-    return {"key": row.get("key", key), "prompt": row["prompt"], "instruction_id_list": row["instruction_id_list"], "kwargs": kwargs}
+    out = {"key": row.get("key", key), **{f: row[f] for f in PROMPT_FIELDS if row.get(f) is not None}}
+    if row.get("instruction_id_list") is not None:
+        kwargs = [json.loads(k) if isinstance(k, str) else (k or {}) for k in row["kwargs"]]
+        # Hub datasets store unused kwargs as nulls; the checkers want them absent.
+        out["instruction_id_list"] = row["instruction_id_list"]
+        out["kwargs"] = [{k: v for k, v in kw.items() if v is not None} for kw in kwargs]
+    return out
 
 
 def reasoning_mode(row: dict) -> str | None:
