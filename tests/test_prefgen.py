@@ -230,3 +230,24 @@ def test_generation_resumes_from_the_last_complete_shard_after_kill_9(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "samples shard 0: reused" in second.stderr and "samples shard 1: reused" in second.stderr
     assert "samples shard 2: done" in second.stderr
+
+
+def test_statistics_table_on_crafted_pairs():
+    from posttrain.prefgen_report import samples_html, stats_markdown
+
+    pairs = [{"key": k, "margin": m, "score_chosen": 1.0, "score_rejected": 1.0 - m, "chosen_tokens": c, "rejected_tokens": r,
+              "chosen_model": "strong", "rejected_model": "weak", "prompt": [{"role": "user", "content": "<q>"}],
+              "chosen": [{"role": "assistant", "content": "a & b"}], "rejected": [{"role": "assistant", "content": "c"}]}
+             for k, m, c, r in [(1, 0.5, 30, 10), (2, 1.0, 20, 20), (3, 0.25, 10, 10)]]
+    summary = {"chunk": 2, "method": "on_policy", "generators": ["policy"], "grader": "verifier:ifeval+math", "reasoning_mode": "think",
+               "prompts": 5, "dropped": {"tie": {"count": 2, "examples": [4, 5]}},
+               "issues": {"math-verify timed out": {"count": 1, "examples": ["4: timed out after 5s"]}}}
+    md = stats_markdown(summary, pairs)
+    assert "| 5 | 3 | 60.0 |" in md
+    assert "| tie | 2 | 40.0 | 4, 5 |" in md
+    assert "| math-verify timed out | 1 | 4: timed out after 5s |" in md
+    # mean margin 0.583, chosen 20 vs rejected 13.3 tokens: ratio 1.50, chosen longer in 1 of 3.
+    assert "| 0.583 | 20.0 | 13.3 | 1.50 | 33% |" in md
+    assert "**Length bias**" in md
+    page = samples_html(pairs, 2, "chunk 2")
+    assert page.count("<section>") == 2 and "a &amp; b" in page and "&lt;q&gt;" in page
