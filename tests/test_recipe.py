@@ -92,3 +92,25 @@ def test_cli_bad_recipe_exits_2_and_writes_nothing(recipe_text, write_recipe, tm
     assert proc.returncode == 2, proc.stderr
     assert "preference.chunks = 0" in proc.stderr and "at least 1" in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        (["prefgen.method=strong_vs_weak", "prefgen.strong=null"], "prefgen", "method strong_vs_weak needs both `strong` and `weak` models"),
+        (["prefgen.strong={uri: 'local:tiny'}"], "prefgen", "`strong`/`weak` are only for method strong_vs_weak"),
+        (["prefgen.grader=null"], "prefgen", "method on_policy needs a `grader`"),
+        (["prefgen.grader={kind: reward_model}"], "prefgen.grader", "kind reward_model needs `model`"),
+        (["prefgen.grader={kind: judge}"], "prefgen.grader", "kind judge needs `judge: {models: [...]}`"),
+        (["prefgen.grader={kind: judge, judge: {models: []}}"], "prefgen.grader.judge.models", "at least 1 item"),
+        (["prefgen.grader={kind: llm}"], "prefgen.grader.kind", "'verifier', 'reward_model' or 'judge'"),
+        (["prefgen.decontamination.threshold=0"], "prefgen.decontamination.threshold", "greater than 0"),
+        (["prefgen.length_control=trim"], "prefgen.length_control", "'none' or 'balance'"),
+        (["prefgen.max_error_fraction=1.5"], "prefgen.max_error_fraction", "less than or equal to 1"),
+    ],
+)
+def test_bad_prefgen_settings_name_the_field(overrides, field, message):
+    with pytest.raises(RecipeError) as err:
+        apply_overrides(load_recipe(RECIPE, "local"), overrides)
+    msg = str(err.value)
+    assert f"  {field} = " in msg and message in msg, msg
