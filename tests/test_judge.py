@@ -109,7 +109,11 @@ def test_every_pair_is_asked_in_both_orders_in_one_batch():
     assert len(judge.prompts) == 2 * (6 + 1)
     assert sorted(judge.prompts) == sorted({(a, b) for a in ("r1", "r2", "r3", "r4") for b in ("r1", "r2", "r3", "r4") if a != b}
                                            | {("s1", "good s2"), ("good s2", "s1")})
-    assert log == [("open", "judge0"), ("generate", "judge0"), ("close", "judge0")]
+    # A lone judge stays loaded for the next shard; close() frees it.
+    grader.grade([doc()], [["t1", "good t2"]])
+    assert log == [("open", "judge0"), ("generate", "judge0"), ("generate", "judge0")]
+    grader.close()
+    assert log[-1] == ("close", "judge0")
 
 
 def test_prompt_asks_for_a_reasoned_order_and_length_blind_verdict():

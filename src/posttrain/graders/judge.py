@@ -74,6 +74,7 @@ class JudgeGrader:
         if not judges:
             raise ValueError("a judge grader needs at least one judge model")
         self.judges = judges
+        self._kept: Generator | None = None
         self.max_new_tokens = max_new_tokens
         self.reasoning_mode = reasoning_mode
         ids = [model_id for model_id, _ in judges]
@@ -133,14 +134,20 @@ class JudgeGrader:
         return graded
 
     def _ask(self, opener: Callable[[], Generator], conversations: list[list[dict]]) -> list[str]:
-        # One judge model in memory at a time: open, run every comparison in one batch, close.
-        generator = opener()
+        # One judge model in memory at a time: open, run every comparison in one
+        # batch, close. A lone judge stays loaded for the next shard instead.
+        generator = self._kept or opener()
         try:
             outputs = generator.generate(conversations, max_new_tokens=self.max_new_tokens, n=1, temperature=0.0,
                                          chat_template_kwargs=reasoning_kwargs(self.reasoning_mode))
         finally:
-            generator.close()
+            if len(self.judges) == 1:
+                self._kept = generator
+            else:
+                generator.close()
         return [out[0] if out else "" for out in outputs]
 
     def close(self) -> None:
-        pass  # each judge model is closed as soon as its comparisons are done
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
