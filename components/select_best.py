@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
 from posttrain.components._images import DEFAULTS
 
@@ -11,10 +11,11 @@ def select_best(
     model: Output[Model],
     report: Output[Markdown],
     results: Output[Dataset],
+    vibe: Output[HTML],
     metrics: Output[Metrics],
 ) -> bool:
-    """Pick the best evaluated checkpoint; return whether the release gate passed."""
+    """Pick the best evaluated checkpoint, write the results table and the vibe page; return whether the release gate passed."""
     from posttrain.components._runtime import run_stage
 
-    outputs = {"model": model, "report": report, "results": results, "metrics": metrics}
+    outputs = {"model": model, "report": report, "results": results, "vibe": vibe, "metrics": metrics}
     return run_stage("select_best", config, {"scoreboard": scoreboard}, outputs).params["passed"]

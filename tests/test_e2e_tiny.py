@@ -23,7 +23,7 @@ STAGE_OUTPUTS = {
     "preference-train-2": ["model/model.json", "metrics"],
     "evaluate": ["scoreboard/data.jsonl", "samples/data.jsonl", "metrics"],
     "evaluate-5": ["scoreboard/data.jsonl", "samples/data.jsonl", "metrics"],
-    "select-best": ["model/model.json", "report", "results/data.jsonl", "metrics"],
+    "select-best": ["model/model.json", "report", "results/data.jsonl", "vibe", "metrics"],
     "publish": ["published/model.json"],
 }
 
@@ -83,10 +83,15 @@ def test_training_stages_really_trained(runs):
 def test_report_has_every_row(runs):
     result, _, (first, _) = runs
     report = (first / "report.md").read_text()
-    rows = [line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ") and "---" not in line]
-    labels = [r for r in rows if r in ("base", "midtrain", "sft", "chunk-1", "chunk-2") or r.startswith("selected (")]
+    head = next(line for line in report.splitlines() if line.startswith("| metric |"))
+    labels = [c.strip() for c in head.strip("|").split("|")][1:]
     assert labels[:5] == ["base", "midtrain", "sft", "chunk-1", "chunk-2"] and labels[5].startswith("selected (")
-    assert "ifeval.prompt_strict" in report and "ifeval.inst_loose" in report
+    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| ")}
+    for metric in ("ifeval.prompt_strict.no_think", "ifeval.inst_loose.no_think", "math.acc.no_think", "thinkfollow.turn_acc", "persona.conv_acc"):
+        assert metric in rows, metric
+    # Suites the recipe does not run on the base model show as "–" there.
+    assert rows["thinkfollow.turn_acc"].split("|")[2].strip() == "–"
+    assert (first / "vibe.html").read_text().count("<tr>") == 11  # header + 10 probes
     assert "| local-sft |" in report  # the data statistics table
     # Each chunk's preference-pair statistics, and its sample pairs beside the report.
     assert "## Preference pairs, chunk 1" in report and "## Preference pairs, chunk 2" in report

@@ -113,4 +113,20 @@ def test_bad_prefgen_settings_name_the_field(overrides, field, message):
     with pytest.raises(RecipeError) as err:
         apply_overrides(load_recipe(RECIPE, "local"), overrides)
     msg = str(err.value)
-    assert f"  {field} = " in msg and message in msg, msg
+    assert (f"  {field} = " in msg or f"  {field}: " in msg) and message in msg, msg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["eval.suites=[ifeval, vibes]"], "unknown eval suite 'vibes'; allowed: ifeval, thinkfollow, math, persona, vibe, or lm_eval:<task name>"),
+        (["eval.stage_suites={final: [ifeval]}"], "unknown checkpoint 'final'; allowed: base, midtrain, sft, chunk"),
+        (["eval.reasoning_modes=[]"], "at least 1 item"),
+        (["select.metric=ifeval.prompt_loose"], "select.metric = 'ifeval.prompt_loose': not reported for sft"),
+        (["eval.reasoning_modes=[think]"], "select.metric = 'ifeval.prompt_loose.no_think': not reported for sft"),
+    ],
+)
+def test_bad_eval_settings_name_the_field(overrides, message):
+    with pytest.raises(RecipeError) as err:
+        apply_overrides(load_recipe(RECIPE, "local"), overrides)
+    assert message in str(err.value), str(err.value)

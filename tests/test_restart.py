@@ -171,11 +171,12 @@ def test_evaluation_resumes_from_its_last_complete_shard(tmp_path):
         return proc.stderr, read_jsonl(tmp_path / "out/samples/data.jsonl")
 
     first_log, first = run()
-    assert [f"samples shard {i}: done" in first_log for i in range(3)] == [True] * 3
+    assert [f"ifeval-no_think shard {i}: done" in first_log for i in range(3)] == [True] * 3
     # A crash after two shards: the third never got its manifest.
-    (last,) = (tmp_path / "store").rglob("shard-00002/manifest.json")
+    (last,) = (tmp_path / "store").rglob("ifeval-no_think/shard-00002/manifest.json")
     last.unlink()
     second_log, second = run()
-    assert "samples shard 0: reused" in second_log and "samples shard 1: reused" in second_log
-    assert "samples shard 2: done" in second_log
+    assert "ifeval-no_think shard 0: reused" in second_log and "ifeval-no_think shard 1: reused" in second_log
+    assert "ifeval-no_think shard 2: done" in second_log
+    assert "math-no_think shard 0: reused" in second_log and "vibe shard 0: reused" in second_log
     assert second == first

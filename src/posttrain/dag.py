@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Markdown
+from kfp.dsl import HTML, Markdown
 
 from posttrain import components as components_pkg
 from posttrain.components import IMAGE_KIND
@@ -38,6 +38,7 @@ from posttrain.stages.context import STORE_ENV
 class PipelineOutputs(NamedTuple):
     report: Markdown
     stats: Markdown
+    vibe: HTML
 
 
 @cache
@@ -180,7 +181,7 @@ def build_pipeline(recipe: Recipe, *, cluster: bool):
         if recipe.publish.enabled:
             with dsl.If(best.outputs["Output"] == True, name="release-gate"):  # noqa: E712 - KFP condition syntax
                 task(publish, "publish", model=best.outputs["model"], results=best.outputs["results"])
-        return PipelineOutputs(report=best.outputs["report"], stats=data.outputs["stats"])
+        return PipelineOutputs(report=best.outputs["report"], stats=data.outputs["stats"], vibe=best.outputs["vibe"])
 
     return pipeline
 

@@ -64,17 +64,24 @@ def _render(tokenizer, conversations: list[list[dict]], chat_template_kwargs: di
 
 
 class HFGenerator:
-    def __init__(self, model_id: str, path: Path, tokenizer, batch_size: int):
+    """A loaded transformers model (evaluation shares it with lm-eval's hf backend)."""
+
+    def __init__(self, model_id: str, model, tokenizer, batch_size: int):
+        self.id = model_id
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, model_id: str, path: Path, tokenizer, batch_size: int) -> HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM
 
-        self.id = model_id
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         if torch.cuda.is_available():
-            self.model.to("cuda")
+            model.to("cuda")
+        return cls(model_id, model, tokenizer, batch_size)
 
     def generate(self, conversations, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=0, chat_template_kwargs=None):
         from posttrain.generation import generate
@@ -127,7 +134,7 @@ def open_generator(model_id: str, path: Path, *, chat_template: str | None, engi
     log.info("generator %s: engine %s", model_id, kind)
     if kind == "vllm":
         return VLLMGenerator(model_id, path, tokenizer, tensor_parallel_size, seed)
-    return HFGenerator(model_id, path, tokenizer, batch_size)
+    return HFGenerator.load(model_id, path, tokenizer, batch_size)
 
 
 def load_own_tokenizer(path: Path):

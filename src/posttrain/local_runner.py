@@ -1,8 +1,8 @@
 """Run a recipe's DAG on this machine through KFP's own local runner.
 
 Everything a run writes goes under runs/<recipe>-<timestamp>/: the KFP
-pipeline root, checkpoints, TensorBoard logs, report.md and each chunk's
-prefgen-<k>-samples.html. KFP's local cache
+pipeline root, checkpoints, TensorBoard logs, report.md, vibe.html and each
+chunk's prefgen-<k>-samples.html. KFP's local cache
 lives in runs/.kfp-cache so that a second run reuses unchanged tasks.
 """
 
@@ -71,6 +71,7 @@ def run_local(recipe: Recipe, runs_root: Path, *, caching: bool = True) -> Local
     seconds = time.monotonic() - started
     results = Path(outputs.outputs["report"].path).read_text()
     stats = Path(outputs.outputs["stats"].path).read_text()
+    shutil.copyfile(outputs.outputs["vibe"].path, run_dir / "vibe.html")
     report = f"# {recipe.name} ({recipe.profile})\n\nRun folder: `{run_dir}`\n\n{results}\n{stats}\n{_preference_data(run_dir)}"
     (run_dir / "report.md").write_text(report)
     return LocalRun(run_dir=run_dir, report=results, seconds=seconds)

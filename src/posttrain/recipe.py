@@ -322,21 +322,84 @@ class PreferenceConfig(Strict):
         return TrainConfig._steps(v)
 
 
+# Built-in eval suites; "lm_eval:<task>" names any lm-eval task (e.g.
+# lm_eval:aime25 on the cluster, where its data is in the pods' Hub cache).
+EVAL_SUITES = ("ifeval", "thinkfollow", "math", "persona", "vibe")
+# Labels of evaluated checkpoints; "chunk" stands for every preference chunk.
+EVAL_STAGES = ("base", "midtrain", "sft", "chunk")
+LM_EVAL_PREFIX = "lm_eval:"
+
+
+def suite_metrics(suite: str, modes: list[str]) -> list[str]:
+    """The flat metric names a suite reports (lm-eval tasks: not known before they run)."""
+    per_mode = {"ifeval": ["prompt_strict", "inst_strict", "prompt_loose", "inst_loose", "mean_response_tokens"], "math": ["acc", "timeouts"]}
+    if suite in per_mode:
+        return [f"{suite}.{m}.{mode}" for m in per_mode[suite] for mode in modes]
+    return {"thinkfollow": ["thinkfollow.turn_acc", "thinkfollow.conv_acc", "thinkfollow.think_acc", "thinkfollow.no_think_acc"],
+            "persona": ["persona.turn_acc", "persona.conv_acc"]}.get(suite, [])
+
+
+def _check_suites(suites: list[str]) -> list[str]:
+    for name in suites:
+        if name not in EVAL_SUITES and not (name.startswith(LM_EVAL_PREFIX) and len(name) > len(LM_EVAL_PREFIX)):
+            raise ValueError(f"unknown eval suite {name!r}; allowed: {', '.join(EVAL_SUITES)}, or lm_eval:<task name>")
+    return suites
+
+
 class EvalConfig(Strict):
+    """Suites run on every evaluated checkpoint (`stage_suites` overrides them
+    per checkpoint: base, midtrain, sft, chunk). IFEval and math run in each
+    of `reasoning_modes`; their metrics end in `.think` / `.no_think`."""
+
+    suites: list[str] = list(EVAL_SUITES)
+    stage_suites: dict[str, list[str]] = {}
+    reasoning_modes: Annotated[list[Literal["think", "no_think"]], Field(min_length=1)] = ["no_think"]
     ifeval_data: DataSource = DataSource(name="ifeval", hub="google/IFEval", split="train")
     # A fixed subset of the IFEval prompts: the first `ifeval_limit` keys in file
     # order (None = all 541).
     ifeval_limit: PositiveInt | None = None
+    # None: the sets shipped with posttrain (src/posttrain/eval/data/).
+    math_data: DataSource | None = None
+    math_limit: PositiveInt | None = None
+    math_timeout_s: PositiveFloat = 5.0
+    thinkfollow_data: DataSource | None = None
+    thinkfollow_conversations: PositiveInt = 16
+    thinkfollow_turns: Annotated[int, Field(ge=2)] = 3
+    persona_data: DataSource | None = None
+    persona_limit: PositiveInt | None = None
+    vibe_data: DataSource | None = None
     max_new_tokens: PositiveInt = 1024
     batch_size: PositiveInt = 16
-    # Answers are generated in this mode; IFEval scores the answer after the think block.
-    reasoning_mode: Literal["think", "no_think"] = "no_think"
-    # Prompts per shard: finished shards survive a restart.
+    # Prompts (or conversations) per shard: finished shards survive a restart.
     shard_size: PositiveInt = 256
+    # `auto`: vLLM where a GPU and vllm are present, else transformers (lm-eval's hf backend).
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    tensor_parallel_size: PositiveInt = 1
+
+    @field_validator("suites")
+    @classmethod
+    def _suites(cls, v: list[str]) -> list[str]:
+        return _check_suites(v)
+
+    @field_validator("stage_suites")
+    @classmethod
+    def _stage_suites(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for stage, suites in v.items():
+            if stage not in EVAL_STAGES:
+                raise ValueError(f"unknown checkpoint {stage!r}; allowed: {', '.join(EVAL_STAGES)}")
+            _check_suites(suites)
+        return v
+
+    def suites_for(self, label: str) -> list[str]:
+        """The suites run on the checkpoint `label` (base, midtrain, sft, chunk-<k>)."""
+        return self.stage_suites.get("chunk" if label.startswith("chunk-") else label, self.suites)
+
+    def metrics_for(self, label: str) -> list[str]:
+        return [m for s in self.suites_for(label) for m in suite_metrics(s, self.reasoning_modes)]
 
 
 class SelectConfig(Strict):
-    metric: str = "ifeval.prompt_loose"
+    metric: str = "ifeval.prompt_loose.no_think"
     # Release gate: the selected checkpoint may not be worse than the SFT model
     # by more than this (absolute, on `metric`).
     max_regression_vs_sft: Annotated[float, Field(ge=0)] = 0.0
@@ -431,6 +494,16 @@ class Recipe(Strict):
     def _template(cls, v: str) -> str:
         return known_template(v)
 
+    @model_validator(mode="after")
+    def _select_metric_is_measured(self) -> Recipe:
+        # Release candidates are sft and every chunk: each must report the metric.
+        for label in ("sft", "chunk-1"):
+            known = self.eval.metrics_for(label)
+            if self.select.metric not in known and not any(s.startswith(LM_EVAL_PREFIX) for s in self.eval.suites_for(label)):
+                raise ValueError(f"select.metric = {self.select.metric!r}: not reported for {label.split('-')[0]} by eval.suites "
+                                 f"and eval.reasoning_modes; allowed: {', '.join(known)}")
+        return self
+
 
 def _is_source(value: dict) -> bool:
     return any(k in value for k in ("path", "hub", "uri"))
@@ -456,7 +529,11 @@ def _format_error(err: ValidationError, source: str) -> str:
             msg = "unknown key; check the spelling against the recipe format in README.md"
         else:
             msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {field} = {e.get('input')!r}: {msg}")
+        if isinstance(e.get("input"), dict) and e["type"] == "value_error":
+            # A rule across fields of a section: the message names them; the section's value would be noise.
+            lines.append(f"  {field}: {msg}" if e["loc"] else f"  {msg}")
+        else:
+            lines.append(f"  {field} = {e.get('input')!r}: {msg}")
     return "\n".join(lines)
 
 
@@ -476,20 +553,20 @@ def _pin_local_file(entry: dict, field: str, base_dir: Path, source: str) -> Non
     entry["revision"] = "sha256:" + file_sha256(path)
 
 
-def _check_local_files(recipe: Recipe, base_dir: Path, source: str) -> Recipe:
+def _check_local_files(recipe: Recipe, base_dir: Path, source_name: str) -> Recipe:
     data = recipe.data.model_dump()
     for group, entries in data.items():
         if isinstance(entries, list):
             for i, entry in enumerate(entries):
-                _pin_local_file(entry, f"data.{group}.{i}", base_dir, source)
-    ifeval = recipe.eval.ifeval_data.model_dump()
-    _pin_local_file(ifeval, "eval.ifeval_data", base_dir, source)
-    return recipe.model_copy(
-        update={
-            "data": DataConfig.model_validate(data),
-            "eval": recipe.eval.model_copy(update={"ifeval_data": DataSource.model_validate(ifeval)}),
-        }
-    )
+                _pin_local_file(entry, f"data.{group}.{i}", base_dir, source_name)
+    pinned = {}
+    for field in ("ifeval_data", "math_data", "thinkfollow_data", "persona_data", "vibe_data"):
+        source = getattr(recipe.eval, field)
+        if source is not None:
+            entry = source.model_dump()
+            _pin_local_file(entry, f"eval.{field}", base_dir, source_name)
+            pinned[field] = DataSource.model_validate(entry)
+    return recipe.model_copy(update={"data": DataConfig.model_validate(data), "eval": recipe.eval.model_copy(update=pinned)})
 
 
 def load_recipe(path: str | Path, profile: str | None = None) -> Recipe:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from posttrain.datasets_io import read_dataset, write_dataset
+from posttrain.eval import vibe
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.recipe import SelectConfig
 from posttrain.stages.context import StageContext, StageResult
@@ -14,6 +15,11 @@ class SelectionError(ValueError):
     pass
 
 
+def _response_tokens(metrics: dict) -> float:
+    """Mean answer length (IFEval's, in the first reasoning mode measured): ties go to shorter answers."""
+    return next((v for k, v in sorted(metrics.items()) if k.startswith("ifeval.mean_response_tokens")), 0.0)
+
+
 def choose(board: list[dict], cfg: SelectConfig) -> tuple[dict, bool]:
     """(best candidate, gate passed). Candidates are the chat models: sft and
     every preference chunk (base and mid-training are not release candidates)."""
@@ -22,7 +28,7 @@ def choose(board: list[dict], cfg: SelectConfig) -> tuple[dict, bool]:
         raise SelectionError("select_best: no trained checkpoint was evaluated")
     if cfg.metric not in candidates[0]["metrics"]:
         raise SelectionError(f"select.metric = {cfg.metric!r}: not an eval metric; allowed: {', '.join(sorted(candidates[0]['metrics']))}")
-    best = max(candidates, key=lambda r: (r["metrics"][cfg.metric], -r["metrics"].get("ifeval.mean_response_tokens", 0.0)))
+    best = max(candidates, key=lambda r: (r["metrics"][cfg.metric], -_response_tokens(r["metrics"])))
     sft = next((r for r in board if r["label"] == "sft"), best)
     passed = best["metrics"][cfg.metric] >= sft["metrics"][cfg.metric] - cfg.max_regression_vs_sft
     return best, passed
@@ -39,6 +45,7 @@ def run(ctx: StageContext) -> StageResult:
         f"## Results\n\n{table}\nSelected **{best['label']}** (`{best['model']['uri']}`) by `{cfg.metric}`; release gate {gate} "
         f"(may not fall more than {cfg.max_regression_vs_sft} below sft).\n"
     )
+    ctx.outputs["vibe"].write_text(vibe.page(board, f"Vibe test: {ctx.config['recipe']}, every evaluated checkpoint"))
     write_dataset(ctx.outputs["results"], board, {"selected": best["label"], "gate_passed": passed, "metric": cfg.metric})
     return StageResult(
         metrics={"selected." + k: v for k, v in best["metrics"].items()},

@@ -17,10 +17,11 @@ ROWS = "rows.jsonl"
 
 
 def run_sharded(ctx: StageContext, name: str, items: list, shard_size: int, work: Callable[[list], list[dict]],
-                scope: dict | None = None) -> list[dict]:
+                scope: dict | None = None, prefix: str | None = None) -> list[dict]:
     """`work` on consecutive shards of `items`; results in order. `scope`: the
-    part of the stage config the results depend on (default: all of it)."""
-    prefix = ctx.checkpoint_key(name, scope)
+    part of the stage config the results depend on (default: all of it);
+    `prefix`: a store key of the caller's own instead (shared across tasks)."""
+    prefix = prefix or ctx.checkpoint_key(name, scope)
     results: list[dict] = []
     for index, start in enumerate(range(0, len(items), shard_size)):
         key = f"{prefix}/shard-{index:05d}"
