@@ -169,13 +169,16 @@ def test_duplicates_and_eval_prompts_are_removed_before_generation(stage):
     copy = {**PROMPTS[0], "key": "dup", "prompt": "  " + PROMPTS[0]["prompt"].upper()}
     leaked = {"key": "leak", "prompt": IFEVAL[3]["prompt"] + " Thanks!", "instruction_id_list": IFEVAL[3]["instruction_id_list"],
               "kwargs": IFEVAL[3]["kwargs"]}
-    rows = [PROMPTS[0], copy, leaked, *PROMPTS[1:4]]
+    # Every eval set counts, the ones shipped with posttrain too (a ThinkFollow question here).
+    question = read_jsonl(ROOT / "src/posttrain/eval/data/thinkfollow_turns.jsonl")[0]["question"]
+    rows = [PROMPTS[0], copy, leaked, {"key": "leak-tf", "prompt": question}, *PROMPTS[1:4]]
     result, pairs, stats, _ = stage(["prefgen.max_prompts_per_chunk=12"], prompts=rows)
     assert result.metrics["prefgen.dropped.duplicate_prompt"] == 1
     assert result.metrics["prefgen.dropped.overlaps_eval_set_ifeval"] == 1
+    assert result.metrics["prefgen.dropped.overlaps_eval_set_thinkfollow"] == 1
     assert "overlaps eval set ifeval | 1 |" in stats and "leak" in stats
     keys = {p["key"] for p in pairs}
-    assert "leak" not in keys and not {PROMPTS[0]["key"], "dup"} <= keys
+    assert not {"leak", "leak-tf"} & keys and not {PROMPTS[0]["key"], "dup"} <= keys
     # Decontamination off: the leaked prompt is used.
     result, pairs, _, _ = stage(["prefgen.max_prompts_per_chunk=12", "prefgen.decontamination.enabled=false"], prompts=rows)
     assert "prefgen.dropped.overlaps_eval_set_ifeval" not in result.metrics

@@ -72,8 +72,14 @@ def _row_limit(cfg) -> int | None:
 
 
 def eval_sources(recipe: Recipe) -> list[dict]:
-    """Every eval set the recipe uses: training prompts are decontaminated against them."""
-    return [recipe.eval.ifeval_data.model_dump(mode="json")]
+    """Every eval set the recipe uses (any checkpoint's suites): training
+    prompts are decontaminated against them, and preflight checks them."""
+    from posttrain.eval import sets
+
+    labels = ["base", "midtrain", "sft", "chunk-1"]
+    suites = {s for label in labels for s in recipe.eval.suites_for(label) if s in sets.SOURCES}
+    config = recipe.eval.model_dump(mode="json")
+    return [sets.entry(s, config) for s in sets.SOURCES if s in suites]
 
 
 def extra_models(recipe: Recipe) -> list[dict]:

@@ -50,7 +50,9 @@ class EvalIndex:
 
 
 def eval_texts(row: dict) -> list[str]:
-    """The prompt text of an eval row: `prompt`, or the user turns of `messages`."""
-    if isinstance(row.get("prompt"), str):
-        return [row["prompt"]]
-    return [m["content"] for m in row.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)]
+    """The prompt texts of an eval row: `prompt` or `question`, the user turns
+    of `messages`, or a persona's `system` prompt and `turns`."""
+    texts = [row[k] for k in ("prompt", "question", "system") if isinstance(row.get(k), str)]
+    texts += [t for t in row.get("turns") or [] if isinstance(t, str)]
+    texts += [m["content"] for m in row.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)]
+    return texts

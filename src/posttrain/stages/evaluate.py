@@ -20,19 +20,18 @@ import logging
 from functools import cache, cached_property
 from pathlib import Path
 
-from posttrain.datasets_io import load_source, read_dataset, read_jsonl, write_dataset
+from posttrain.datasets_io import read_dataset, write_dataset
 from posttrain.engines import HFGenerator, VLLMGenerator, choose_engine
-from posttrain.eval import ifeval, lmeval, persona, thinkfollow, vibe
+from posttrain.eval import ifeval, lmeval, persona, sets, thinkfollow, vibe
 from posttrain.generation import reasoning_kwargs
 from posttrain.models import ModelRef, read_model_ref
-from posttrain.recipe import LM_EVAL_PREFIX, DataSource, EvalConfig
+from posttrain.recipe import LM_EVAL_PREFIX, EvalConfig
 from posttrain.stages.context import StageContext, StageResult
 from posttrain.stages.shards import run_sharded
 from posttrain.stages.training import load_tokenizer, materialize_shared
 
 log = logging.getLogger(__name__)
 PACKAGE = Path(__file__).resolve().parent.parent
-SUITE_DATA = PACKAGE / "eval" / "data"
 
 
 @cache
@@ -45,15 +44,13 @@ def eval_code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def suite_rows(source: DataSource | None, packaged: str, limit: int | None = None) -> list[dict]:
-    """A suite's rows: the recipe's source, or the set shipped with posttrain; the first `limit`."""
-    rows = load_source(source.model_dump()) if source else read_jsonl(SUITE_DATA / packaged)
-    return rows[:limit] if limit else rows
+def suite_rows(cfg: EvalConfig, suite: str, limit: int | None = None) -> list[dict]:
+    return sets.load(sets.entry(suite, cfg.model_dump(mode="json")), limit)
 
 
-def math_rows(source: DataSource | None, limit: int | None) -> list[dict]:
+def math_rows(cfg: EvalConfig) -> list[dict]:
     """{id, question, answer}; GSM8K's answers end in "#### <number>"."""
-    rows = suite_rows(source, "math.jsonl", limit)
+    rows = suite_rows(cfg, "math", cfg.math_limit)
     return [{"id": r.get("id", f"math-{i}"), "question": r["question"], "answer": str(r["answer"]).split("####")[-1].strip()}
             for i, r in enumerate(rows)]
 
@@ -112,10 +109,10 @@ def run_suite(ctx: StageContext, cfg: EvalConfig, ckpt: Checkpoint, suite: str, 
     chat_kwargs = reasoning_kwargs(cfg.reasoning_modes[0])
     if suite in ("ifeval", "math"):
         if suite == "ifeval":
-            docs = load_source(cfg.ifeval_data.model_dump())[: cfg.ifeval_limit]
+            docs = suite_rows(cfg, "ifeval", cfg.ifeval_limit)
             task = lmeval.ifeval_task(_write_jsonl(docs, ctx.workdir / "ifeval.jsonl"))
         else:
-            docs = math_rows(cfg.math_data, cfg.math_limit)
+            docs = math_rows(cfg)
             task = lmeval.math_task(_write_jsonl(docs, ctx.workdir / "math.jsonl"), cfg.math_timeout_s)
         for mode in cfg.reasoning_modes:
             rows = sharded(f"{suite}-{mode}", list(range(len(docs))), lambda idx, mode=mode: ckpt.lm_eval(task, mode, idx)[0])
@@ -138,14 +135,14 @@ def run_suite(ctx: StageContext, cfg: EvalConfig, ckpt: Checkpoint, suite: str, 
             samples += [{**r, "suite": suite, "mode": mode} for r in rows]
             metrics.update({f"{name}.{k}.{mode}": v for k, v in task_metrics.items()})
     elif suite == "thinkfollow":
-        questions = [r["question"] for r in suite_rows(cfg.thinkfollow_data, "thinkfollow_turns.jsonl")]
+        questions = [r["question"] for r in suite_rows(cfg, "thinkfollow")]
         convs = thinkfollow.build_conversations(questions, conversations=cfg.thinkfollow_conversations, turns=cfg.thinkfollow_turns,
                                                 seed=ctx.config["seed"])
         rows = sharded("thinkfollow", convs, lambda shard: thinkfollow.run(ckpt.generator, shard, max_new_tokens=cfg.max_new_tokens))
         samples += [{**r, "suite": suite} for r in rows]
         metrics.update(thinkfollow.aggregate(rows))
     elif suite == "persona":
-        personas = suite_rows(cfg.persona_data, "personas.jsonl", cfg.persona_limit)
+        personas = suite_rows(cfg, "persona", cfg.persona_limit)
         for i, row in enumerate(personas):
             persona.validate(row, f"eval.persona_data row {i + 1}")
         rows = sharded("persona", personas, lambda shard: persona.run(ckpt.generator, shard, max_new_tokens=cfg.max_new_tokens,
@@ -153,7 +150,7 @@ def run_suite(ctx: StageContext, cfg: EvalConfig, ckpt: Checkpoint, suite: str, 
         samples += [{**r, "suite": suite} for r in rows]
         metrics.update(persona.aggregate(rows))
     elif suite == "vibe":
-        probes = suite_rows(cfg.vibe_data, "vibe_probes.jsonl")
+        probes = suite_rows(cfg, "vibe")
         rows = sharded("vibe", probes, lambda shard: vibe.run(ckpt.generator, shard, max_new_tokens=cfg.max_new_tokens,
                                                               chat_template_kwargs=chat_kwargs))
         samples += [{**r, "suite": suite} for r in rows]

@@ -22,8 +22,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from posttrain import decontam
-from posttrain.datasets_io import load_source, read_dataset, write_dataset
+from posttrain.datasets_io import read_dataset, write_dataset
 from posttrain.engines import open_generator
+from posttrain.eval import sets
 from posttrain.generation import reasoning_kwargs, split_reasoning
 from posttrain.graders import build_grader
 from posttrain.models import ModelRef, read_model_ref
@@ -118,8 +119,8 @@ def usable_docs(rows: list[dict], tally: Tally) -> list[dict]:
 
 def decontaminate(docs: list[dict], eval_sets: list[dict], ngram: int, threshold: float, tally: Tally) -> list[dict]:
     index = decontam.EvalIndex(ngram)
-    for source in eval_sets:
-        index.add(source["name"], (t for row in load_source(source) for t in decontam.eval_texts(row)))
+    for ref in eval_sets:
+        index.add(ref["name"], (t for row in sets.load(ref) for t in decontam.eval_texts(row)))
     kept = []
     for doc in docs:
         share, owner = index.overlap(" ".join(m["content"] for m in doc["messages"] if m["role"] == "user"))
