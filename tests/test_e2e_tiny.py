@@ -97,7 +97,7 @@ def test_report_has_every_row(runs):
     assert "## Preference pairs, chunk 1" in report and "## Preference pairs, chunk 2" in report
     assert "chosen / rejected length" in report
     assert (first / "prefgen-1-samples.html").is_file() and (first / "prefgen-2-samples.html").is_file()
-    assert "| checkpoint |" in result.stdout
+    assert "| metric | base |" in result.stdout
 
 
 def test_second_run_is_served_from_the_cache(runs):
