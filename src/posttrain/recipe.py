@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from posttrain.store import sha256_file as file_sha256
 
-# TRL `DPOConfig.loss_type` values the preference stage accepts.
-PREFERENCE_LOSSES = ("sigmoid", "ipo", "apo_zero", "apo_down", "sigmoid_norm", "hinge", "robust")
+# The losses the preference stage accepts (TRL's names where TRL has one): the
+# keys of posttrain/preference_losses.py's registry, which holds each loss's
+# trainer, reference model, hyperparameter defaults and ranges.
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "apo_zero", "apo_down", "sigmoid_norm", "hinge", "robust", "simpo", "orpo", "kto")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -276,10 +278,28 @@ class PrefgenConfig(Strict):
 
 
 class PreferenceConfig(Strict):
+    """Preference training, one chunk after another. `loss` picks the loss and
+    with it the TRL trainer (posttrain/preference_losses.py has the table):
+    DPO-family losses (sigmoid, ipo, apo_zero, apo_down, sigmoid_norm, hinge,
+    robust) and KTO train against a frozen reference policy; SimPO and ORPO are
+    reference-free. Unset hyperparameters take the loss's defaults from its
+    paper; a set one must lie in the loss's range, and a loss-specific field
+    may only be set for its loss."""
+
     chunks: int = 1
+    # Validators below read `loss` and `beta` of earlier fields: keep this order.
     loss: str = "apo_zero"
-    beta: PositiveFloat = 0.05
-    lr: PositiveFloat = 1e-6
+    # The loss's main coefficient: β (DPO, APO, LN-DPO, SimPO, KTO), τ (IPO), λ (ORPO).
+    # None: the loss's default.
+    beta: PositiveFloat | None = None
+    # SimPO's target reward margin γ (loss simpo only; None: 1.0, γ/β = 0.5 at the default β).
+    simpo_gamma: Annotated[float, Field(ge=0)] | None = None
+    # KTO's loss weights λ_U and λ_D (loss kto only). None: λ_U = 1 and λ_D at the
+    # lower end of the paper's rule λ_D·n_D / (λ_U·n_U) in [1, 4/3].
+    kto_undesirable_weight: PositiveFloat | None = None
+    kto_desirable_weight: PositiveFloat | None = None
+    # None: sft.lr / 10 (the SmolLM3 playbook's finding), resolved by the stage.
+    lr: PositiveFloat | None = None
     epochs: PositiveFloat = 1.0
     max_steps: int = -1
     per_device_batch_size: PositiveInt = 1
@@ -289,6 +309,7 @@ class PreferenceConfig(Strict):
     lr_scheduler: Literal["cosine_with_min_lr", "cosine", "linear", "constant"] = "cosine_with_min_lr"
     min_lr_rate: Annotated[float, Field(ge=0, lt=1)] = 0.1
     max_grad_norm: PositiveFloat = 0.2
+    # DPO-family losses only (TRL's other preference trainers have no padding-free mode; ignored there).
     padding_free: bool = False
     bf16: bool = True
     gradient_checkpointing: bool = True
@@ -316,10 +337,59 @@ class PreferenceConfig(Strict):
             raise ValueError(f"unknown loss type; allowed: {', '.join(PREFERENCE_LOSSES)}")
         return v
 
+    # The per-loss checks (posttrain/preference_losses.py) run only when `loss`
+    # (and for gamma `beta`) validated: an unknown loss is reported once, on `loss`.
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, v: float | None, info) -> float | None:
+        from posttrain import preference_losses
+
+        if v is not None and "loss" in info.data:
+            preference_losses.check_beta(info.data["loss"], v)
+        return v
+
+    @field_validator("simpo_gamma")
+    @classmethod
+    def _simpo_gamma(cls, v: float | None, info) -> float | None:
+        from posttrain import preference_losses
+
+        if v is not None and "loss" in info.data:
+            preference_losses.check_only_for("simpo_gamma", info.data["loss"], "simpo")
+            if "beta" in info.data:
+                preference_losses.check_simpo_gamma(v, info.data["beta"])
+        return v
+
+    @field_validator("kto_undesirable_weight")
+    @classmethod
+    def _kto_undesirable(cls, v: float | None, info) -> float | None:
+        from posttrain import preference_losses
+
+        if v is not None and "loss" in info.data:
+            preference_losses.check_only_for("kto_undesirable_weight", info.data["loss"], "kto")
+        return v
+
+    @field_validator("kto_desirable_weight")
+    @classmethod
+    def _kto_desirable(cls, v: float | None, info) -> float | None:
+        from posttrain import preference_losses
+
+        if v is not None and "loss" in info.data:
+            preference_losses.check_only_for("kto_desirable_weight", info.data["loss"], "kto")
+            if "kto_undesirable_weight" in info.data:
+                preference_losses.check_kto_desirable_weight(v, info.data["kto_undesirable_weight"])
+        return v
+
     @field_validator("max_steps")
     @classmethod
     def _steps(cls, v: int) -> int:
         return TrainConfig._steps(v)
+
+    @model_validator(mode="after")
+    def _device_batch_for_loss(self) -> PreferenceConfig:
+        from posttrain import preference_losses
+
+        preference_losses.check_device_batch(self.loss, self.per_device_batch_size)
+        return self
 
 
 # Built-in eval suites; "lm_eval:<task>" names any lm-eval task (e.g.
