@@ -10,7 +10,6 @@ from conftest import RECIPE
 
 from posttrain.dag import compile_pipeline, eval_labels, stage_configs
 from posttrain.recipe import PREFERENCE_LOSSES, apply_overrides, load_recipe
-from posttrain.stages.preference_train import dpo_loss_args
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +41,14 @@ def test_stage_configs_hold_only_what_the_stage_reads():
 
 @pytest.mark.parametrize("loss", PREFERENCE_LOSSES)
 def test_every_recipe_loss_is_a_trl_loss(loss, tmp_path):
-    from trl import DPOConfig
+    from posttrain.preference_losses import LOSSES, loss_args, loss_spec, trl_classes
 
-    r = apply_overrides(load_recipe(RECIPE, "tiny"), [f"preference.loss={loss}"])
-    args = DPOConfig(output_dir=str(tmp_path), bf16=False, **dpo_loss_args(r.preference))
-    assert args.loss_type == [loss] and args.beta == r.preference.beta
-    assert {f.name for f in dataclasses.fields(DPOConfig)} >= set(dpo_loss_args(r.preference))
+    r = apply_overrides(load_recipe(RECIPE, "tiny"), [f"preference.loss={loss}", "preference.beta=null"])
+    config_cls, _ = trl_classes(loss_spec(loss).family)
+    trl_args = loss_args(r.preference)
+    args = config_cls(output_dir=str(tmp_path), bf16=False, **trl_args)
+    assert args.beta == LOSSES[loss].beta_default
+    assert {f.name for f in dataclasses.fields(config_cls)} >= set(trl_args)
 
 
 def _tasks(spec):

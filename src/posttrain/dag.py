@@ -124,7 +124,9 @@ def stage_configs(recipe: Recipe) -> dict[str, dict]:
     for k in range(1, k_total + 1):
         chunk = {"chunk": k, "chunks": k_total}
         cfg[f"prefgen_{k}"] = {**_common(recipe, f"prefgen_{k}"), **chunk, "prefgen": r["prefgen"], "eval_sets": eval_sources(recipe)}
-        cfg[f"preference_train_{k}"] = {**_common(recipe, f"preference_train_{k}"), **chunk, "preference": r["preference"]}
+        # sft_lr: the default preference lr is a tenth of it (the playbook rule).
+        cfg[f"preference_train_{k}"] = {**_common(recipe, f"preference_train_{k}"), **chunk, "preference": r["preference"],
+                                        "sft_lr": r["sft"]["lr"]}
     return cfg
 
 

@@ -36,13 +36,6 @@ LOGGED_METRICS = {
 }
 
 
-def dpo_loss_args(cfg: PreferenceConfig) -> dict:
-    """DPOConfig fields for a DPO-family loss (names match TRL's loss_type)."""
-    if loss_spec(cfg.loss).family != "dpo":
-        raise ValueError(f"loss {cfg.loss} is trained by {loss_spec(cfg.loss).trainer}, not DPOTrainer: use preference_losses.loss_args")
-    return loss_args(cfg)
-
-
 def with_resolved_lr(cfg: PreferenceConfig, ctx: StageContext) -> PreferenceConfig:
     """The config with `lr` resolved: the recipe's, or the SFT learning rate
     (`sft_lr` in the stage config) / 10."""
