@@ -38,18 +38,18 @@ class RewardModelGrader:
         self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype).to(self.device)
         self.model.eval()
         # The classifier reads the last token that is not the config's pad token:
-        # pad with exactly that token, and give the config one when it has none.
+        # the tokenizer pads with exactly that token (the config gets one when it has none).
         config = self.model.config
         if config.pad_token_id is None:
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
+            if self.tokenizer.pad_token is None:
+                raise ValueError(f"{self.id}: the tokenizer has neither a pad nor an eos token to pad batches with")
             config.pad_token_id = self.tokenizer.pad_token_id
             config.get_text_config().pad_token_id = self.tokenizer.pad_token_id
-        elif self.tokenizer.pad_token is None:
+        else:
             self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(config.pad_token_id)
-        self.pad_token_id = config.pad_token_id
-        if self.pad_token_id is None:
-            raise ValueError(f"{self.id}: the tokenizer has neither a pad nor an eos token to pad batches with")
+        self.tokenizer.padding_side = "right"
 
     def encode(self, doc: dict, response: str) -> list[int]:
         """Token ids of the conversation a response is scored on, before truncation."""
@@ -94,14 +94,8 @@ class RewardModelGrader:
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
-                width = max(len(encoded[k]) for k in batch)
-                input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, k in enumerate(batch):
-                    ids = encoded[k]
-                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                    attention_mask[row, : len(ids)] = 1
-                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
+                padded = self.tokenizer.pad({"input_ids": [encoded[k] for k in batch]}, return_tensors="pt").to(self.device)
+                logits = self.model(**padded).logits
                 for k, value in zip(batch, logits[:, 0].float().cpu().tolist()):
                     scores[k] = value
         return scores
