@@ -57,12 +57,6 @@ def choose_engine(requested: str) -> str:
     return requested
 
 
-def _render(tokenizer, conversations: list[list[dict]], chat_template_kwargs: dict | None) -> list[list[int]]:
-    kwargs = chat_template_kwargs or {}
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True, **kwargs) for c in conversations]
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-
-
 class HFGenerator:
     """A loaded transformers model (evaluation shares it with lm-eval's hf backend)."""
 
@@ -107,8 +101,10 @@ class VLLMGenerator:
     def generate(self, conversations, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=0, chat_template_kwargs=None):
         from vllm import SamplingParams
 
+        from posttrain.generation import render_prompts
+
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_new_tokens, seed=seed)
-        prompts = [{"prompt_token_ids": ids} for ids in _render(self.tokenizer, conversations, chat_template_kwargs)]
+        prompts = [{"prompt_token_ids": ids} for ids in render_prompts(self.tokenizer, conversations, chat_template_kwargs)]
         outputs = self.llm.generate(prompts, params)
         return [[o.text.strip() for o in out.outputs] for out in outputs]
 

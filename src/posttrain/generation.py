@@ -25,6 +25,14 @@ def split_reasoning(text: str) -> tuple[str, str]:
     return "", text
 
 
+def render_prompts(tokenizer, conversations: list[list[dict]], chat_template_kwargs: dict | None = None) -> list[list[int]]:
+    """Token ids of each conversation's generation prompt, rendered by the chat
+    template (which writes its own special tokens: none are added again)."""
+    kwargs = chat_template_kwargs or {}
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True, **kwargs) for c in conversations]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -41,12 +49,10 @@ def generate(
 ) -> list[list[str]]:
     """For each conversation, `num_return_sequences` completions (in input order)."""
     tokenizer.padding_side = "left"
-    kwargs = chat_template_kwargs or {}
-    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True, **kwargs) for c in conversations]
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = render_prompts(tokenizer, conversations, chat_template_kwargs)
     # Similar lengths in a batch waste less compute on padding.
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    results: list[list[str]] = [[] for _ in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    results: list[list[str]] = [[] for _ in encoded]
     sampling = temperature > 0
     model.eval()
     for start in range(0, len(order), batch_size):
