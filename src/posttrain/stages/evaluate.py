@@ -71,14 +71,15 @@ class Checkpoint:
         return load_tokenizer(self.path, self.chat_template)
 
     @cached_property
-    def model(self):
-        return None if self.engine == "vllm" else HFGenerator.load(self.ref.uri, self.path, self.tokenizer, self.cfg.batch_size).model
-
-    @cached_property
     def generator(self):
         if self.engine == "vllm":
             return VLLMGenerator(self.ref.uri, self.path, self.tokenizer, self.cfg.tensor_parallel_size)
-        return HFGenerator(self.ref.uri, self.model, self.tokenizer, self.cfg.batch_size)
+        return HFGenerator.load(self.ref.uri, self.path, self.tokenizer, self.cfg.batch_size)
+
+    @property
+    def model(self):
+        """The transformers model lm-eval's hf backend evaluates (None under vLLM, which loads its own)."""
+        return None if self.engine == "vllm" else self.generator.model
 
     def lm_eval(self, task, mode: str, indices: list[int] | None) -> tuple[list[dict], dict[str, float]]:
         return lmeval.evaluate(
@@ -188,5 +189,8 @@ def results_table(board: list[dict], selected: str | None = None) -> str:
         columns.append({**chosen, "label": f"selected ({selected})"})
     names = sorted({k for r in board for k in r["metrics"]})
     head = "| metric | " + " | ".join(c["label"] for c in columns) + " |\n|---|" + "---:|" * len(columns) + "\n"
-    cell = lambda r, n: f"{r['metrics'][n]:.3f}" if n in r["metrics"] else "–"  # noqa: E731 - a table cell
-    return head + "".join(f"| {n} | " + " | ".join(cell(c, n) for c in columns) + " |\n" for n in names)
+    return head + "".join(f"| {n} | " + " | ".join(_cell(c["metrics"], n) for c in columns) + " |\n" for n in names)
+
+
+def _cell(metrics: dict, name: str) -> str:
+    return f"{metrics[name]:.3f}" if name in metrics else "–"
