@@ -37,6 +37,13 @@ def _cell(text: str, limit: int = 120) -> str:
     return text.replace("|", "\\|")
 
 
+def _counted(head: str, counts: dict, empty: str, row) -> list[str]:
+    """A table of {name: {count, examples}}, largest count first, or `empty`."""
+    if not counts:
+        return [empty]
+    return [head, *(row(name, d) for name, d in sorted(counts.items(), key=lambda kv: -kv[1]["count"]))]
+
+
 def stats_markdown(summary: dict, pairs: list[dict]) -> str:
     """`summary`: chunk, method, generators, grader, reasoning_mode, prompts,
     dropped {reason: {count, examples}}, issues {kind: {count, examples}}."""
@@ -54,21 +61,12 @@ def stats_markdown(summary: dict, pairs: list[dict]) -> str:
         "## Dropped",
         "",
     ]
-    dropped = summary["dropped"]
-    if dropped:
-        lines += ["| reason | prompts | % of chunk | example keys |", "|---|---:|---:|---|"]
-        for reason, d in sorted(dropped.items(), key=lambda kv: -kv[1]["count"]):
-            lines.append(f"| {reason} | {d['count']} | {100 * d['count'] / max(prompts, 1):.1f} | {_cell(', '.join(map(str, d['examples'])))} |")
-    else:
-        lines.append("No prompt dropped.")
+    lines += _counted("| reason | prompts | % of chunk | example keys |\n|---|---:|---:|---|", summary["dropped"], "No prompt dropped.",
+                      lambda reason, d: f"| {reason} | {d['count']} | {100 * d['count'] / max(prompts, 1):.1f} | "
+                                        f"{_cell(', '.join(map(str, d['examples'])))} |")
     lines += ["", "## Grader and data problems", ""]
-    issues = summary["issues"]
-    if issues:
-        lines += ["| problem | count | examples |", "|---|---:|---|"]
-        for kind, d in sorted(issues.items(), key=lambda kv: -kv[1]["count"]):
-            lines.append(f"| {kind} | {d['count']} | {_cell(' / '.join(d['examples']), 300)} |")
-    else:
-        lines.append("None.")
+    lines += _counted("| problem | count | examples |\n|---|---:|---|", summary["issues"], "None.",
+                      lambda kind, d: f"| {kind} | {d['count']} | {_cell(' / '.join(d['examples']), 300)} |")
     lines += ["", "## Pairs", ""]
     stats = length_stats(pairs)
     if stats:
