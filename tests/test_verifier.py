@@ -55,3 +55,14 @@ def test_scores_do_not_depend_on_global_random_state():
         random.seed(seed)
         results.append(ifeval.score(doc, response)["inst_strict"])
     assert len({tuple(r) for r in results}) == 1
+
+
+def test_chunks_are_stratified_by_source_and_reasoning_mode():
+    rows = [{"key": i, "source": "a" if i < 30 else "b", "reasoning_mode": "think" if i % 3 == 0 else "no_think"} for i in range(40)]
+    chunks = [chunk_rows(rows, k, 4, seed=1) for k in (1, 2, 3, 4)]
+    assert sorted(r["key"] for c in chunks for r in c) == list(range(40))
+    assert {len(c) for c in chunks} == {10}
+    for source, mode in [("a", "think"), ("a", "no_think"), ("b", "think"), ("b", "no_think")]:
+        counts = [sum(r["source"] == source and r["reasoning_mode"] == mode for r in c) for c in chunks]
+        assert max(counts) - min(counts) <= 1, (source, mode, counts)
+    assert chunk_rows(rows, 3, 4, seed=1) == chunks[2] and chunk_rows(rows, 3, 4, seed=2) != chunks[2]

@@ -76,11 +76,30 @@ class Tally:
             )
 
 
+def stratum(row: dict) -> tuple:
+    """Rows are spread over chunks evenly within each (source, reasoning mode)."""
+    mode = row.get("reasoning_mode") or (row.get("chat_template_kwargs") or {}).get("enable_thinking")
+    return str(row.get("source")), str(mode)
+
+
 def chunk_rows(rows: list[dict], chunk: int, chunks: int, seed: int) -> list[dict]:
-    """Chunk `chunk` (1-based) of `chunks` disjoint, seeded slices of the rows."""
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    return [rows[i] for i in order[chunk - 1 :: chunks]]
+    """Chunk `chunk` (1-based) of `chunks`: disjoint, together complete, and
+    stratified: each stratum's rows, shuffled with the seed, are dealt round
+    robin over the chunks, the deal carrying on from one stratum to the next
+    so chunk sizes differ by at most one."""
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(stratum(row), []).append(i)
+    rng = random.Random(seed)
+    picked, position = [], 0
+    for key in sorted(groups):
+        members = groups[key]
+        rng.shuffle(members)
+        for i in members:
+            if position % chunks == chunk - 1:
+                picked.append(i)
+            position += 1
+    return [rows[i] for i in picked]
 
 
 def prompt_doc(row: dict) -> tuple[dict | None, str | None]:
