@@ -11,6 +11,8 @@ IMAGE_KIND = {
     "prefgen": "generate",
     "preference-train": "train",
     "evaluate": "generate",
+    "merge-boards": "cpu",
+    "soup": "train",
     "select-best": "cpu",
     "publish": "cpu",
 }

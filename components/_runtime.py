@@ -14,7 +14,21 @@ from pathlib import Path
 DIRECTORY_ARTIFACTS = ("system.Model", "system.Dataset")
 
 
-def run_stage(stage: str, config: str, inputs: dict, outputs: dict):
+def with_variant(config: dict, variant: str) -> dict:
+    """A sweep branch's task: its loop item (JSON {"name", section: {field:
+    value}}) overrides fields of the sections the task's config has, and its
+    name is recorded as `variant`."""
+    if not variant:
+        return config
+    item = json.loads(variant)
+    out = {**config, "variant": item["name"]}
+    for section, fields in item.items():
+        if section != "name" and section in out:
+            out[section] = {**out[section], **fields}
+    return out
+
+
+def run_stage(stage: str, config: str, inputs: dict, outputs: dict, variant: str = ""):
     from posttrain.launch import execute
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -26,7 +40,7 @@ def run_stage(stage: str, config: str, inputs: dict, outputs: dict):
         out_paths[name] = path
     # In this process, or (a training stage on several GPUs) once per GPU
     # under `accelerate launch`: posttrain/launch.py decides.
-    result = execute(stage, json.loads(config), {k: Path(a.path) for k, a in inputs.items()}, out_paths)
+    result = execute(stage, with_variant(json.loads(config), variant), {k: Path(a.path) for k, a in inputs.items()}, out_paths)
     for name, meta in result.metadata.items():
         outputs[name].metadata.update(meta)
     if metrics is not None:

@@ -12,9 +12,10 @@ def evaluate(
     scoreboard: Output[Dataset],
     samples: Output[Dataset],
     metrics: Output[Metrics],
+    variant: str = "",
 ):
     """Evaluate one checkpoint; append its row to the scoreboard."""
     from posttrain.components._runtime import run_stage
 
     outputs = {"scoreboard": scoreboard, "samples": samples, "metrics": metrics}
-    run_stage("evaluate", config, {"model": model, "board": board}, outputs)
+    run_stage("evaluate", config, {"model": model, "board": board}, outputs, variant)

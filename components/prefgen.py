@@ -13,9 +13,10 @@ def prefgen(
     stats: Output[Markdown],
     samples: Output[HTML],
     metrics: Output[Metrics],
+    variant: str = "",
 ):
     """Generate and grade responses; write one chunk's preference pairs, their statistics and sample pairs."""
     from posttrain.components._runtime import run_stage
 
     outputs = {"pairs": pairs, "stats": stats, "samples": samples, "metrics": metrics}
-    run_stage("prefgen", config, {"policy": policy, "prompts": prompts}, outputs)
+    run_stage("prefgen", config, {"policy": policy, "prompts": prompts}, outputs, variant)

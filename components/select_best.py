@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from posttrain.components._images import DEFAULTS
 
@@ -12,10 +12,12 @@ def select_best(
     report: Output[Markdown],
     results: Output[Dataset],
     vibe: Output[HTML],
+    curves: Output[HTML],
+    curves_png: Output[Artifact],
     metrics: Output[Metrics],
 ) -> bool:
-    """Pick the best evaluated checkpoint, write the results table and the vibe page; return whether the release gate passed."""
+    """Pick the best candidate, write the results and candidates tables, the vibe page and the per-chunk curves; return whether the release gate passed."""
     from posttrain.components._runtime import run_stage
 
-    outputs = {"model": model, "report": report, "results": results, "vibe": vibe, "metrics": metrics}
+    outputs = {"model": model, "report": report, "results": results, "vibe": vibe, "curves": curves, "curves_png": curves_png, "metrics": metrics}
     return run_stage("select_best", config, {"scoreboard": scoreboard}, outputs).params["passed"]

@@ -1,6 +1,7 @@
-"""The whole DAG through KFP's local runner (tiny profile), twice: the first
-run must produce every stage's artifact and the report; the second must be
-served from KFP's local cache."""
+"""The whole DAG through KFP's local runner (tiny profile), three times: the
+first run must produce every stage's artifact and the report; the second must
+be served from KFP's local cache; the third, with a release gate no
+checkpoint can pass, reruns only select_best and must publish nothing."""
 
 import json
 import os
@@ -23,15 +24,18 @@ STAGE_OUTPUTS = {
     "preference-train-2": ["model/model.json", "metrics"],
     "evaluate": ["scoreboard/data.jsonl", "samples/data.jsonl", "metrics"],
     "evaluate-5": ["scoreboard/data.jsonl", "samples/data.jsonl", "metrics"],
-    "select-best": ["model/model.json", "report", "results/data.jsonl", "vibe", "metrics"],
+    "soup": ["model/model.json", "metrics"],
+    "evaluate-6": ["scoreboard/data.jsonl", "samples/data.jsonl", "metrics"],
+    "select-best": ["model/model.json", "report", "results/data.jsonl", "vibe", "curves", "curves_png", "metrics"],
     "publish": ["published/model.json"],
 }
 
 
-def _run(runs_dir):
+def _run(runs_dir, *overrides):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "POSTTRAIN_CACHE": str(ROOT / ".cache")}
+    sets = [a for o in overrides for a in ("--set", o)]
     return subprocess.run(
-        [sys.executable, "-m", "posttrain.cli", "run", str(RECIPE), "--profile", "tiny", "--runs-dir", str(runs_dir)],
+        [sys.executable, "-m", "posttrain.cli", "run", str(RECIPE), "--profile", "tiny", "--runs-dir", str(runs_dir), *sets],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200,
     )
 
@@ -45,6 +49,16 @@ def runs(tmp_path_factory):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
     folders = sorted(p for p in runs_dir.iterdir() if p.name.startswith("smollm3-tiny-"))
     return first, second, folders
+
+
+@pytest.fixture(scope="module")
+def gated(runs, tmp_path_factory):
+    """A third run in the same runs folder with a gate no checkpoint can pass."""
+    _, _, (first, _) = runs
+    result = _run(first.parent, "select.gate_margin=1.0")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    folder = sorted(p for p in first.parent.iterdir() if p.name.startswith("smollm3-tiny-"))[-1]
+    return result, folder
 
 
 def _task_dir(run_folder, task):
@@ -85,7 +99,7 @@ def test_report_has_every_row(runs):
     report = (first / "report.md").read_text()
     head = next(line for line in report.splitlines() if line.startswith("| metric |"))
     labels = [c.strip() for c in head.strip("|").split("|")][1:]
-    assert labels[:5] == ["base", "midtrain", "sft", "chunk-1", "chunk-2"] and labels[5].startswith("selected (")
+    assert labels[:6] == ["base", "midtrain", "sft", "chunk-1", "chunk-2", "soup"] and labels[6].startswith("selected (")
     rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| ")}
     for metric in ("ifeval.prompt_strict.no_think", "ifeval.inst_loose.no_think", "math.acc.no_think", "thinkfollow.turn_acc", "persona.conv_acc"):
         assert metric in rows, metric
@@ -98,6 +112,17 @@ def test_report_has_every_row(runs):
     assert "chosen / rejected length" in report
     assert (first / "prefgen-1-samples.html").is_file() and (first / "prefgen-2-samples.html").is_file()
     assert "| metric | base |" in result.stdout
+    # Selection: every candidate ranked; the gate (tiny: margin -1) passed and publish ran.
+    assert "## Candidates" in report and "| 1 | **" in report
+    assert "Release gate **passed**" in report
+    assert (_task_dir(first, "publish") / "published/model.json").is_file()
+    # Per-chunk curves: the PNG beside the report, the HTML page with the table.
+    assert (first / "curves.png").read_bytes().startswith(b"\x89PNG") and (first / "curves.html").is_file()
+    assert "## Preference chunks" in report
+    # The chunk rows carry the preference training metrics and the KL estimate.
+    board = [json.loads(line) for line in (_task_dir(first, "select-best") / "results/data.jsonl").read_text().splitlines()]
+    chunk = next(r for r in board if r["label"] == "chunk-2")
+    assert "kl.seq_mean" in chunk["metrics"] and "train.reward_accuracy" in chunk["train"]
 
 
 def test_second_run_is_served_from_the_cache(runs):
@@ -108,3 +133,13 @@ def test_second_run_is_served_from_the_cache(runs):
     assert ran == [], f"ran again: {ran}"
     assert (again / "report.md").is_file()
     assert f"file://{first}/checkpoints/" in (again / "report.md").read_text()
+
+
+def test_a_failed_release_gate_publishes_nothing(gated):
+    result, folder = gated
+    report = (folder / "report.md").read_text()
+    assert "Release gate **NOT PASSED**" in report and "Nothing is published." in report
+    assert "NOT PASSED" in result.stdout
+    # Only select_best ran again (its config changed); publish was skipped by the gate.
+    ran = sorted(p.parent.name for p in (folder / "kfp").rglob("executor_output.json"))
+    assert ran == ["select-best"], ran

@@ -122,8 +122,10 @@ def test_bad_prefgen_settings_name_the_field(overrides, field, message):
         (["eval.suites=[ifeval, vibes]"], "unknown eval suite 'vibes'; allowed: ifeval, thinkfollow, math, persona, vibe, or lm_eval:<task name>"),
         (["eval.stage_suites={final: [ifeval]}"], "unknown checkpoint 'final'; allowed: base, midtrain, sft, chunk"),
         (["eval.reasoning_modes=[]"], "at least 1 item"),
-        (["select.metric=ifeval.prompt_loose"], "select.metric = 'ifeval.prompt_loose': not reported for sft"),
-        (["eval.reasoning_modes=[think]"], "select.metric = 'ifeval.prompt_loose.no_think': not reported for sft"),
+        (["select.objective=[ifeval.prompt_loose]"], "select.objective: 'ifeval.prompt_loose' is not reported for sft"),
+        (["eval.reasoning_modes=[think]"], "select.objective: 'ifeval.prompt_strict.no_think' is not reported for sft"),
+        (["select.objective=[]"], "select.objective = []: List should have at least 1 item"),
+        (["select.soup={enabled: true, top_k: 3}"], "select.soup.top_k = 3: more than the 2 preference checkpoints the run trains"),
     ],
 )
 def test_bad_eval_settings_name_the_field(overrides, message):

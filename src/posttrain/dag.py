@@ -1,11 +1,17 @@
 """The DAG builder: a validated Recipe becomes a KFP pipeline.
 
-preflight ─▶ prepare_data ─▶ [midtrain] ─▶ sft ─▶ for k in 1..K: prefgen_k ─▶
-preference_train_k ─▶ evaluate ─▶ select_best ─▶ If(gate) ─▶ publish
+preflight ─▶ prepare_data ─▶ [midtrain] ─▶ sft ─▶ chunk chain ─▶ [soup] ─▶
+select_best ─▶ If(gate) publish / Else the run ends "gate not passed"
+
+chunk chain, for k in 1..K: prefgen_k ─▶ preference_train_k ─▶ evaluate
+(`prefgen.regenerate`: chunk k samples policy k-1; otherwise every chunk's
+pairs come from the SFT model, generated up front and shared by all branches).
 
 The chunk loop is unrolled here, at compile time, so the UI shows every chunk
-as its own tasks and caching reuses finished chunks. Each evaluate appends a
-row to a scoreboard that flows from task to task, so select_best sees every
+as its own tasks and caching reuses finished chunks. A `sweep:` grid runs one
+chunk chain per combination as the branches of a ParallelFor; their
+scoreboards are merged for selection. Each evaluate appends a row to a
+scoreboard that flows from task to task, so select_best sees every
 checkpoint through one input. Cluster settings come from the recipe and are
 applied only when compiling for a cluster; KFP's local runner ignores them.
 """
@@ -22,6 +28,7 @@ from kfp.dsl import HTML, Markdown
 from posttrain import components as components_pkg
 from posttrain.components import IMAGE_KIND
 from posttrain.components.evaluate import evaluate
+from posttrain.components.merge_boards import merge_boards
 from posttrain.components.midtrain import midtrain
 from posttrain.components.preference_train import preference_train
 from posttrain.components.prefgen import prefgen
@@ -30,6 +37,7 @@ from posttrain.components.prepare_data import prepare_data
 from posttrain.components.publish import publish
 from posttrain.components.select_best import select_best
 from posttrain.components.sft import sft
+from posttrain.components.soup import soup
 from posttrain.recipe import Recipe, Resources
 from posttrain.stages.context import STORE_ENV
 
@@ -39,6 +47,7 @@ class PipelineOutputs(NamedTuple):
     report: Markdown
     stats: Markdown
     vibe: HTML
+    curves: HTML
 
 
 @cache
@@ -117,6 +126,8 @@ def stage_configs(recipe: Recipe) -> dict[str, dict]:
         "midtrain": {**_common(recipe, "midtrain"), "train": r["midtrain"]},
         "sft": {**_common(recipe, "sft"), "train": r["sft"]},
         "select_best": {**_common(recipe, "select_best"), "select": r["select"]},
+        "merge_boards": _common(recipe, "merge_boards"),
+        "soup": {**_common(recipe, "soup"), "select": r["select"]},
         "publish": {**_common(recipe, "publish"), "publish": r["publish"]},
     }
     for label in eval_labels(recipe):
@@ -131,9 +142,10 @@ def stage_configs(recipe: Recipe) -> dict[str, dict]:
 
 
 def eval_labels(recipe: Recipe) -> list[str]:
-    """Rows of the results table, in pipeline order."""
+    """Evaluate tasks, in pipeline order (a sweep branch prefixes its chunks' labels with its name)."""
     chunks = [f"chunk-{k}" for k in range(1, recipe.preference.chunks + 1)]
-    return ["base", *(["midtrain"] if recipe.midtrain.enabled else []), "sft", *chunks]
+    soup_row = ["soup"] if recipe.select.soup.enabled else []
+    return ["base", *(["midtrain"] if recipe.midtrain.enabled else []), "sft", *chunks, *soup_row]
 
 
 def _apply_cluster(task: dsl.PipelineTask, recipe: Recipe, kind: str) -> None:
@@ -170,6 +182,19 @@ def build_pipeline(recipe: Recipe, *, cluster: bool):
             _apply_cluster(t, recipe, IMAGE_KIND[component.component_spec.name])
         return t
 
+    def chunk_chain(board, sft_model, prompts, shared_pairs: dict, variant: str = ""):
+        """Chunks 1..K from the SFT model; returns the scoreboard with their rows."""
+        policy = sft_model
+        for k in range(1, recipe.preference.chunks + 1):
+            pairs = shared_pairs.get(k)
+            if pairs is None:  # regenerate: sampled from policy k-1
+                pairs = task(prefgen, f"prefgen_{k}", policy=policy, prompts=prompts, variant=variant).outputs["pairs"]
+            reference = sft_model if recipe.preference.reference == "initial" else policy
+            policy = task(preference_train, f"preference_train_{k}", policy=policy, reference=reference, pairs=pairs,
+                          variant=variant).outputs["model"]
+            board = task(evaluate, f"evaluate_chunk-{k}", model=policy, board=board, variant=variant).outputs["scoreboard"]
+        return board
+
     @dsl.pipeline(name=recipe.name, description=recipe.description or f"posttrain recipe {recipe.name} ({recipe.profile})")
     def pipeline() -> PipelineOutputs:
         pre = task(preflight, "preflight")
@@ -179,17 +204,31 @@ def build_pipeline(recipe: Recipe, *, cluster: bool):
         if recipe.midtrain.enabled:
             policy = task(midtrain, "midtrain", data=data.outputs["midtrain"], policy=policy).outputs["model"]
             board = task(evaluate, "evaluate_midtrain", model=policy, board=board).outputs["scoreboard"]
-        policy = task(sft, "sft", data=data.outputs["sft"], policy=policy).outputs["model"]
-        board = task(evaluate, "evaluate_sft", model=policy, board=board).outputs["scoreboard"]
-        for k in range(1, recipe.preference.chunks + 1):
-            pairs = task(prefgen, f"prefgen_{k}", policy=policy, prompts=data.outputs["prompts"]).outputs["pairs"]
-            policy = task(preference_train, f"preference_train_{k}", policy=policy, pairs=pairs).outputs["model"]
-            board = task(evaluate, f"evaluate_chunk-{k}", model=policy, board=board).outputs["scoreboard"]
+        sft_model = task(sft, "sft", data=data.outputs["sft"], policy=policy).outputs["model"]
+        board = task(evaluate, "evaluate_sft", model=sft_model, board=board).outputs["scoreboard"]
+        prompts = data.outputs["prompts"]
+        # Pairs that do not depend on the chunk's policy are generated once, up
+        # front, for every branch: all chunks without `regenerate`, and chunk 1
+        # (whose policy is the SFT model) in any case.
+        upfront = range(1, recipe.preference.chunks + 1) if not recipe.prefgen.regenerate else [1]
+        shared = {k: task(prefgen, f"prefgen_{k}", policy=sft_model, prompts=prompts).outputs["pairs"] for k in upfront}
+        variants = recipe.sweep.variants()
+        if variants:
+            items = [json.dumps(v, sort_keys=True) for v in variants]
+            with dsl.ParallelFor(items=items, parallelism=recipe.sweep.parallelism, name="sweep") as variant:
+                branch = chunk_chain(board, sft_model, prompts, shared, variant)
+            board = task(merge_boards, "merge_boards", boards=dsl.Collected(branch)).outputs["scoreboard"]
+        else:
+            board = chunk_chain(board, sft_model, prompts, shared)
+        if recipe.select.soup.enabled:
+            averaged = task(soup, "soup", scoreboard=board).outputs["model"]
+            board = task(evaluate, "evaluate_soup", model=averaged, board=board).outputs["scoreboard"]
         best = task(select_best, "select_best", scoreboard=board)
         if recipe.publish.enabled:
             with dsl.If(best.outputs["Output"] == True, name="release-gate"):  # noqa: E712 - KFP condition syntax
                 task(publish, "publish", model=best.outputs["model"], results=best.outputs["results"])
-        return PipelineOutputs(report=best.outputs["report"], stats=data.outputs["stats"], vibe=best.outputs["vibe"])
+        return PipelineOutputs(report=best.outputs["report"], stats=data.outputs["stats"], vibe=best.outputs["vibe"],
+                               curves=best.outputs["curves"])
 
     return pipeline
 

@@ -1,7 +1,8 @@
 """Run a recipe's DAG on this machine through KFP's own local runner.
 
 Everything a run writes goes under runs/<recipe>-<timestamp>/: the KFP
-pipeline root, checkpoints, TensorBoard logs, report.md, vibe.html and each
+pipeline root, checkpoints, TensorBoard logs, report.md, vibe.html,
+curves.html and curves.png (per-chunk training and eval curves) and each
 chunk's prefgen-<k>-samples.html. KFP's local cache
 lives in runs/.kfp-cache so that a second run reuses unchanged tasks.
 """
@@ -72,6 +73,11 @@ def run_local(recipe: Recipe, runs_root: Path, *, caching: bool = True) -> Local
     results = Path(outputs.outputs["report"].path).read_text()
     stats = Path(outputs.outputs["stats"].path).read_text()
     shutil.copyfile(outputs.outputs["vibe"].path, run_dir / "vibe.html")
+    shutil.copyfile(outputs.outputs["curves"].path, run_dir / "curves.html")
+    png = Path(outputs.outputs["curves"].path).with_name("curves_png")
+    if png.is_file():
+        shutil.copyfile(png, run_dir / "curves.png")
+        results += "\n![Per-chunk curves](curves.png)\n"
     report = f"# {recipe.name} ({recipe.profile})\n\nRun folder: `{run_dir}`\n\n{results}\n{stats}\n{_preference_data(run_dir)}"
     (run_dir / "report.md").write_text(report)
     return LocalRun(run_dir=run_dir, report=results, seconds=seconds)

@@ -8,6 +8,7 @@ allowed (`RecipeError`), before anything runs or is written.
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
@@ -263,6 +264,10 @@ class PrefgenConfig(Strict):
     max_error_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
     # Pairs shown on the HTML sample page.
     sample_pairs: Annotated[int, Field(ge=0)] = 20
+    # on_policy only. true: chunk k's pairs are sampled from policy k-1 just
+    # before chunk k trains (iterative on-policy DPO); false: every chunk's
+    # pairs come from one generation pass with the SFT model.
+    regenerate: bool = False
 
     @model_validator(mode="after")
     def _method_fields(self) -> PrefgenConfig:
@@ -274,6 +279,8 @@ class PrefgenConfig(Strict):
                 raise ValueError("`strong`/`weak` are only for method strong_vs_weak; on_policy samples the policy")
             if self.grader is None:
                 raise ValueError("method on_policy needs a `grader` to rank the samples")
+        if self.regenerate and self.method != "on_policy":
+            raise ValueError("`regenerate: true` is for method on_policy (strong_vs_weak answers do not depend on the policy)")
         return self
 
 
@@ -287,6 +294,15 @@ class PreferenceConfig(Strict):
     may only be set for its loss."""
 
     chunks: int = 1
+    # The frozen reference of the reference-based losses: `initial` = the SFT
+    # model for every chunk (the usual iterative DPO practice); `previous` =
+    # the policy chunk k starts from (policy k-1).
+    reference: Literal["initial", "previous"] = "initial"
+    # Reference log-probs computed once per chunk before training (TRL's
+    # precompute_ref_log_probs) and kept in the checkpoint store, keyed by the
+    # reference model and the data: a rerun or restart does not recompute them,
+    # and no reference copy stays in memory while training.
+    precompute_ref_log_probs: bool = True
     # Validators below read `loss` and `beta` of earlier fields: keep this order.
     loss: str = "apo_zero"
     # The loss's main coefficient: β (DPO, APO, LN-DPO, SimPO, KTO), τ (IPO), λ (ORPO).
@@ -461,18 +477,54 @@ class EvalConfig(Strict):
         return v
 
     def suites_for(self, label: str) -> list[str]:
-        """The suites run on the checkpoint `label` (base, midtrain, sft, chunk-<k>)."""
-        return self.stage_suites.get("chunk" if label.startswith("chunk-") else label, self.suites)
+        """The suites run on the checkpoint `label` (base, midtrain, sft, chunk-<k>, <variant>/chunk-<k>, soup)."""
+        stage = label.rsplit("/", 1)[-1]  # a sweep branch's chunk: <variant>/chunk-<k>
+        return self.stage_suites.get("chunk" if stage.startswith("chunk-") or stage == "soup" else stage, self.suites)
 
     def metrics_for(self, label: str) -> list[str]:
         return [m for s in self.suites_for(label) for m in suite_metrics(s, self.reasoning_modes)]
 
 
+class SoupConfig(Strict):
+    # A weight average of the `top_k` best preference checkpoints (by the
+    # objective), evaluated as one more candidate.
+    enabled: bool = False
+    top_k: Annotated[int, Field(ge=2)] = 2
+
+
 class SelectConfig(Strict):
-    metric: str = "ifeval.prompt_loose.no_think"
-    # Release gate: the selected checkpoint may not be worse than the SFT model
-    # by more than this (absolute, on `metric`).
-    max_regression_vs_sft: Annotated[float, Field(ge=0)] = 0.0
+    # The objective: the mean of these eval metrics. Ties go to the lower KL
+    # to the SFT model, then to shorter answers.
+    objective: Annotated[list[str], Field(min_length=1)] = ["ifeval.prompt_strict.no_think"]
+    # Release gate: `publish` runs only if the selected checkpoint's objective
+    # is at least this much above the SFT checkpoint's (absolute; 0.0 lets an
+    # equal one through, a negative value tolerates a regression).
+    gate_margin: Annotated[float, Field(ge=-1, le=1)] = 0.0
+    soup: SoupConfig = SoupConfig()
+
+
+class SweepConfig(Strict):
+    """A grid over preference hyperparameters: every combination trains its
+    own chunk chain, as one branch of a ParallelFor. Empty lists are not swept.
+    The playbook sweeps lr from 1/5 to 1/20 of the SFT rate and beta in 0.01-0.5."""
+
+    lr: list[PositiveFloat] = []
+    beta: list[PositiveFloat] = []
+    loss: list[str] = []
+    # Branches trained at the same time (0: all).
+    parallelism: Annotated[int, Field(ge=0)] = 0
+
+    def variants(self) -> list[dict]:
+        """One {"name", "preference": overrides} per combination; [] without a sweep."""
+        axes = [(k, getattr(self, k)) for k in ("loss", "lr", "beta") if getattr(self, k)]
+        if not axes:
+            return []
+        out = []
+        for combo in itertools.product(*(values for _, values in axes)):
+            overrides = {k: v for (k, _), v in zip(axes, combo)}
+            name = "-".join(str(v) if k == "loss" else f"{k}{v:g}" for k, v in overrides.items())
+            out.append({"name": name, "preference": overrides})
+        return out
 
 
 class PublishConfig(Strict):
@@ -556,6 +608,7 @@ class Recipe(Strict):
     preference: PreferenceConfig = PreferenceConfig()
     eval: EvalConfig = EvalConfig()
     select: SelectConfig = SelectConfig()
+    sweep: SweepConfig = SweepConfig()
     publish: PublishConfig = PublishConfig()
     cluster: ClusterConfig = ClusterConfig()
 
@@ -565,13 +618,31 @@ class Recipe(Strict):
         return known_template(v)
 
     @model_validator(mode="after")
-    def _select_metric_is_measured(self) -> Recipe:
-        # Release candidates are sft and every chunk: each must report the metric.
+    def _objective_is_measured(self) -> Recipe:
+        # Release candidates are sft and every chunk: each must report the objective's metrics.
         for label in ("sft", "chunk-1"):
             known = self.eval.metrics_for(label)
-            if self.select.metric not in known and not any(s.startswith(LM_EVAL_PREFIX) for s in self.eval.suites_for(label)):
-                raise ValueError(f"select.metric = {self.select.metric!r}: not reported for {label.split('-')[0]} by eval.suites "
-                                 f"and eval.reasoning_modes; allowed: {', '.join(known)}")
+            if any(s.startswith(LM_EVAL_PREFIX) for s in self.eval.suites_for(label)):
+                continue  # lm-eval tasks' metric names are known only once they run
+            for metric in self.select.objective:
+                if metric not in known:
+                    raise ValueError(f"select.objective: {metric!r} is not reported for {label.split('-')[0]} by eval.suites "
+                                     f"and eval.reasoning_modes; allowed: {', '.join(known)}")
+        return self
+
+    @model_validator(mode="after")
+    def _sweep_is_valid(self) -> Recipe:
+        # Every combination must be a valid preference config (e.g. beta in the loss's range).
+        base = self.preference.model_dump()
+        for variant in self.sweep.variants():
+            try:
+                PreferenceConfig.model_validate({**base, **variant["preference"]})
+            except ValidationError as e:
+                problem = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}" for x in e.errors())
+                raise ValueError(f"sweep: combination {variant['preference']} is not a valid preference config: {problem}") from None
+        trained = max(1, len(self.sweep.variants())) * self.preference.chunks
+        if self.select.soup.enabled and self.select.soup.top_k > trained:
+            raise ValueError(f"select.soup.top_k = {self.select.soup.top_k}: more than the {trained} preference checkpoints the run trains")
         return self
 
 

@@ -158,9 +158,54 @@ def run_suite(ctx: StageContext, cfg: EvalConfig, ckpt: Checkpoint, suite: str, 
     return samples, metrics
 
 
+def hf_model(path: Path, device):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+
+
+def kl_to_sft(ctx: StageContext, cfg: EvalConfig, ckpt: Checkpoint, board: list[dict], samples: list[dict]) -> dict[str, float]:
+    """KL to the SFT model (found on the scoreboard), estimated on this
+    checkpoint's own IFEval answers in the first reasoning mode: {} when
+    either is missing."""
+    from posttrain.eval.kl import kl_to_reference
+
+    sft = next((r for r in board if r["label"] == "sft"), None)
+    mode = cfg.reasoning_modes[0]
+    answers = [s for s in samples if s["suite"] == "ifeval" and s.get("mode") == mode]
+    if sft is None or not answers:
+        return {}
+    docs = suite_rows(cfg, "ifeval", cfg.ifeval_limit)
+    model = ckpt.model if ckpt.model is not None else hf_model(ckpt.path, "cuda" if _cuda() else "cpu")
+    reference = hf_model(materialize_shared(ModelRef(**sft["model"])), model.device)
+    try:
+        return kl_to_reference(model, reference, ckpt.tokenizer, [[{"role": "user", "content": docs[s["doc_id"]]["prompt"]}] for s in answers],
+                               [s["response"] for s in answers], chat_template_kwargs=reasoning_kwargs(mode), batch_size=cfg.batch_size)
+    finally:
+        del reference
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def training_facts(ckpt: Checkpoint) -> dict[str, float]:
+    """The training metrics in the checkpoint's model card (preference
+    rewards, margins, accuracy), for the per-chunk curves."""
+    card = ckpt.path / "posttrain.json"
+    if not card.is_file():
+        return {}
+    return {k: float(v) for k, v in json.loads(card.read_text()).get("metrics", {}).items() if k.startswith("train.")}
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg = EvalConfig.model_validate(ctx.config["eval"])
-    label = ctx.config["label"]
+    # A sweep branch's checkpoint: <variant>/chunk-<k>.
+    label = "/".join(filter(None, [ctx.config.get("variant"), ctx.config["label"]]))
     ref = read_model_ref(ctx.inputs["model"])
     settings = {k: v for k, v in ctx.config["eval"].items() if k not in ("suites", "stage_suites", "shard_size")}
     key = json.dumps({"model": json.loads(ref.to_json()), "eval": settings, "template": ctx.config["chat_template"],
@@ -172,11 +217,15 @@ def run(ctx: StageContext) -> StageResult:
         rows, suite_metrics = run_suite(ctx, cfg, ckpt, suite, cache_prefix)
         samples += rows
         metrics.update(suite_metrics)
+    board = read_dataset(ctx.inputs["board"])
+    if label not in ("base", "midtrain", "sft"):
+        metrics.update(kl_to_sft(ctx, cfg, ckpt, board, samples))
     # A rate with nothing to count (no /think turn drawn) is left out, not reported as NaN.
     metrics = {k: v for k, v in metrics.items() if v == v}
     write_dataset(ctx.outputs["samples"], samples, {"label": label, "model": ref.uri, "suites": cfg.suites_for(label)})
-    row = {"label": label, "model": json.loads(ref.to_json()), "metrics": metrics, "vibe": [s for s in samples if s["suite"] == "vibe"]}
-    board = read_dataset(ctx.inputs["board"]) + [row]
+    row = {"label": label, "model": json.loads(ref.to_json()), "metrics": metrics, "train": training_facts(ckpt),
+           "vibe": [s for s in samples if s["suite"] == "vibe"]}
+    board = board + [row]
     write_dataset(ctx.outputs["scoreboard"], board, {"labels": [r["label"] for r in board]})
     return StageResult(metrics=metrics, metadata={"samples": {"label": label, "rows": len(samples)}})
 
