@@ -237,7 +237,8 @@ def test_stage_trains_each_loss_with_its_trainer(tiny, loss, run_stage):
 
     trainer_name, reference = EXPECTED[loss]
     assert type(trainer).__name__ == trainer_name
-    assert (getattr(trainer, "ref_model", None) is not None) == reference
+    # A reference is a model beside the policy, or (precompute_ref_log_probs, the default) its log-probs in the data.
+    assert (getattr(trainer, "ref_model", None) is not None or getattr(trainer, "precompute_ref_logps", False)) == reference
     spec = pl.LOSSES[loss]
     expected = {"beta": spec.beta_default}
     if spec.family == "dpo":
@@ -266,3 +267,36 @@ def test_stage_without_lr_or_sft_lr_fails_clearly(tiny, run_stage):
     config.pop("sft_lr", None)
     with pytest.raises(ValueError, match="set preference.lr in the recipe"):
         run_stage(config)
+
+
+# -- reasoning mode of the pairs -----------------------------------------------------
+
+
+def _rendered_prompts(trainer) -> list[str]:
+    """The prompt of each training row as the trainer rendered it with the chat template."""
+    data = trainer.train_dataset
+    if "prompt_ids" in data.column_names:  # DPOTrainer, KTOTrainer
+        return [trainer.processing_class.decode(ids) for ids in data["prompt_ids"]]
+    return data["prompt"]  # CPOTrainer, ORPOTrainer: the rendered text
+
+
+@pytest.mark.parametrize("loss", ["apo_zero", "kto", "simpo", "orpo"])
+def test_each_pair_is_rendered_in_its_reasoning_mode(tiny, loss, run_stage, tmp_path):
+    # The same prompt three times: think, no_think, and no mode (the template's default, think).
+    prompt, chosen, rejected = PAIRS[0]
+    rows = [{"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+             "rejected": [{"role": "assistant", "content": rejected}], "reasoning_mode": mode} for mode in ("think", "no_think", None)]
+    recipe = _with_loss(tiny, loss, "preference.max_steps=1", "preference.gradient_accumulation_steps=1")
+    config = dict(stage_configs(recipe)["preference_train_1"])
+    assert config["chat_template"] == "smollm3"
+    write_dataset(tmp_path / "pairs", rows, {})  # in place of the fixture's pairs
+    _, trainer, _ = run_stage(config)
+
+    rendered = _rendered_prompts(trainer)
+    # KTO unpairs: row j comes from pair j mod 3.
+    think, no_think, default = (rendered[i] for i in range(3))
+    assert think != no_think
+    assert "Reasoning Mode: /think" in think and "Reasoning Mode: /no_think" in no_think
+    assert default == think
+    if loss == "kto":
+        assert rendered[3:] == rendered[:3]

@@ -6,11 +6,24 @@ DPOTrainer for DPO, IPO, APO-zero/-down and length-normalised DPO;
 CPOTrainer with the SimPO loss; ORPOTrainer; KTOTrainer on the pairs unpaired
 into desirable and undesirable rows.
 
-Losses with a reference (the DPO family, KTO) use the previous chunk's policy
-as the reference. Full fine-tuning: the trainer loads it as a second, frozen
-copy of the policy. LoRA (`preference.lora`): the reference is the same model
-with the adapter disabled, so no second copy is loaded; the final model is
-merged. Reference-free losses (SimPO, ORPO) load no reference at all."""
+Losses with a reference (the DPO family, KTO) are trained against the
+`reference` input (`preference.reference`: `initial`, the SFT model for every
+chunk; `previous`, the policy the chunk starts from). A reference that is the
+policy itself is not loaded: TRL copies the policy (full fine-tuning), uses the
+policy with the adapter disabled (LoRA), or with precomputed reference
+log-probs runs the policy before training. Any other reference is loaded and
+passed to the trainer, with LoRA too (the adapter disabled would give the
+chunk's starting policy, not the SFT model). Without a `reference` input the
+policy is the reference (older callers). With LoRA the final model is merged.
+Reference-free losses (SimPO, ORPO) load no reference at all.
+
+`preference.precompute_ref_log_probs` (DPO family, KTO): the reference runs
+once over the data before training and the values are kept in the checkpoint
+store (posttrain/ref_logprobs.py), so a restarted or rerun chunk reuses them.
+
+Each pair's `reasoning_mode` reaches the chat template as the row's
+`chat_template_kwargs`, which all four TRL trainers pass to
+apply_chat_template for that row."""
 
 from __future__ import annotations
 
@@ -19,11 +32,22 @@ import logging
 from datasets import Dataset
 
 from posttrain.datasets_io import read_dataset
-from posttrain.models import write_model_ref
+from posttrain.generation import reasoning_kwargs
+from posttrain.models import ModelRef, read_model_ref, write_model_ref
 from posttrain.preference_losses import hyperparameters, loss_args, loss_spec, paired_to_kto, resolved_lr, trl_classes
 from posttrain.recipe import PreferenceConfig
+from posttrain.ref_logprobs import StoredRefLogProbs, cache_key, shared_dataset
 from posttrain.stages.context import StageContext, StageResult
-from posttrain.stages.training import build_trainer, common_args, existing_final, save_trained, train_summary, train_with_checkpoints
+from posttrain.stages.training import (
+    build_trainer,
+    common_args,
+    existing_final,
+    load_policy,
+    policy_dtype,
+    save_trained,
+    train_summary,
+    train_with_checkpoints,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +58,16 @@ LOGGED_METRICS = {
     "log_odds_ratio": "train.log_odds_ratio_last",  # ORPO
     "kl": "train.kl_last",  # KTO
 }
+# Mean over the chunk of these logged metrics -> stage metric (the evaluate stage
+# reads them from the model card). KTO logs no accuracies.
+MEAN_METRICS = {
+    "rewards/chosen": "train.rewards_chosen",
+    "rewards/rejected": "train.rewards_rejected",
+    "rewards/margins": "train.reward_margin",
+    "rewards/accuracies": "train.reward_accuracy",
+}
+# The trainers that can precompute the reference log-probs (DPOConfig and KTOConfig).
+PRECOMPUTE_FAMILIES = ("dpo", "kto")
 
 
 def with_resolved_lr(cfg: PreferenceConfig, ctx: StageContext) -> PreferenceConfig:
@@ -54,11 +88,22 @@ def trainer_config(cfg: PreferenceConfig, ctx: StageContext, loss_kwargs: dict):
     if spec.family in ("cpo", "orpo"):
         # Their collator reads the tokenized columns, which the model's signature does not name.
         data["remove_unused_columns"] = False
+    if spec.family in PRECOMPUTE_FAMILIES:
+        data["precompute_ref_log_probs"] = cfg.precompute_ref_log_probs
     return config_cls(**common_args(cfg, ctx, ctx.config["seed"], ctx.config["report_to"]), **loss_kwargs, **data)
 
 
 def pair_rows(ctx: StageContext) -> list[dict]:
-    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_dataset(ctx.inputs["pairs"])]
+    """The pairs as the trainers read them. When the pairs say their reasoning
+    mode, every row gets `chat_template_kwargs` (TRL renders the row with them);
+    a row without a mode gets none ({}: the template's default)."""
+    rows = read_dataset(ctx.inputs["pairs"])
+    out = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+    modes = [r.get("reasoning_mode") for r in rows]
+    if any(modes):
+        for row, mode in zip(out, modes, strict=True):
+            row["chat_template_kwargs"] = reasoning_kwargs(mode) if mode else {}
+    return out
 
 
 def pairs_dataset(ctx: StageContext) -> Dataset:
@@ -72,10 +117,45 @@ def training_data(cfg: PreferenceConfig, ctx: StageContext) -> tuple[Dataset, di
     if loss_spec(cfg.loss).family != "kto":
         return Dataset.from_list(pairs), loss_args(cfg), {"train.pairs": float(len(pairs))}
     rows = paired_to_kto(pairs)
+    if "chat_template_kwargs" in pairs[0]:
+        # paired_to_kto keeps prompt, completion and label; row j comes from pair j mod n (its docstring).
+        for j, row in enumerate(rows):
+            pair = pairs[j % len(pairs)]
+            assert row["prompt"] == pair["prompt"], "paired_to_kto changed its row order"
+            row["chat_template_kwargs"] = pair["chat_template_kwargs"]
     n_desirable = sum(r["label"] for r in rows)
     n_undesirable = len(rows) - n_desirable
     metrics = {"train.pairs": float(len(pairs)), "train.desirable": float(n_desirable), "train.undesirable": float(n_undesirable)}
     return Dataset.from_list(rows), loss_args(cfg, n_desirable, n_undesirable), metrics
+
+
+def reference_model(cfg: PreferenceConfig, ctx: StageContext, args) -> tuple[ModelRef | None, object | None]:
+    """(reference ref, model to pass as `ref_model`) for the recipe's loss:
+    (None, None) for a reference-free loss; the policy's ref and no model when
+    the reference is the policy (or the stage has no `reference` input);
+    otherwise the `reference` input loaded as the policy is (dtype, attention)."""
+    if not loss_spec(cfg.loss).reference:
+        return None, None
+    policy = read_model_ref(ctx.inputs["policy"])
+    if "reference" not in ctx.inputs:
+        return policy, None
+    reference = read_model_ref(ctx.inputs["reference"])
+    if (reference.uri, reference.sha) == (policy.uri, policy.sha):
+        return policy, None
+    model, _, _ = load_policy(ctx.inputs["reference"], ctx.config["chat_template"], attn_implementation=cfg.attn_implementation,
+                              dtype=policy_dtype(args))
+    return reference, model
+
+
+def chunk_means(trainer) -> dict[str, float]:
+    """Means over the chunk of the reward metrics the trainer logged (each log
+    entry is already the mean over its logging window)."""
+    out = {}
+    for key, name in MEAN_METRICS.items():
+        logged = [e[key] for e in trainer.state.log_history if key in e]
+        if logged:
+            out[name] = sum(float(v) for v in logged) / len(logged)
+    return out
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -90,16 +170,34 @@ def run(ctx: StageContext) -> StageResult:
     # The config first: under ZeRO-3 it decides how the model is loaded.
     args = trainer_config(cfg, ctx, loss_kwargs)
     _, trainer_cls = trl_classes(spec.family)
-    log.info("loss %s (%s): %s, %s, lr %g, %s", cfg.loss, spec.label, spec.trainer,
-             "with a reference model" if spec.reference else "reference-free", cfg.lr, loss_kwargs)
-    trainer, tokenizer, parent = build_trainer(trainer_cls, args, cfg, ctx, dataset)
+    reference, ref_model = reference_model(cfg, ctx, args)
+    if reference is None:
+        against = "reference-free"
+    else:
+        against = f"reference {reference.uri} ({'the policy' if ref_model is None else 'loaded beside the policy'})"
+    log.info("loss %s (%s): %s, %s, lr %g, %s", cfg.loss, spec.label, spec.trainer, against, cfg.lr, loss_kwargs)
+    stored = None
+    if getattr(args, "precompute_ref_log_probs", False):
+        ref_key = cache_key(reference, dataset.to_list(), chat_template=ctx.config["chat_template"], max_length=cfg.max_length,
+                            family=spec.family, dtype=str(policy_dtype(args)),
+                            batch_size=args.per_device_train_batch_size if spec.family == "kto" else None)
+        stored = StoredRefLogProbs(ctx, ref_key, spec.family)
+        trainer_cls = stored.trainer_class(trainer_cls)
+        dataset = shared_dataset(dataset, ctx.workdir / "train-data")
+    trainer, tokenizer, parent = build_trainer(trainer_cls, args, cfg, ctx, dataset, ref_model=ref_model)
+    metrics = dict(data_metrics)
+    if stored is not None:
+        # Stored before training, so a chunk that fails while training reuses them when it restarts.
+        metrics["train.ref_logps_reused"] = float(stored.finish(trainer, int(data_metrics["train.pairs"])))
+        trainer.ref_model = None  # the values are in the data now: no reference copy kept while training
+    del ref_model  # the trainer holds it while it needs it
     train_with_checkpoints(trainer, ctx, cfg.keep_checkpoints)
-    metrics = {**train_summary(trainer), **data_metrics}
+    metrics = {**train_summary(trainer), **metrics, **chunk_means(trainer)}
     for key, name in LOGGED_METRICS.items():
         logged = [e[key] for e in trainer.state.log_history if key in e]
         if logged:
             metrics[name] = float(logged[-1])
-    facts = {"chunk": ctx.config["chunk"], **hyperparameters(cfg, loss_kwargs), "lr": cfg.lr}
+    facts = {"chunk": ctx.config["chunk"], **hyperparameters(cfg, loss_kwargs), "lr": cfg.lr, "reference": reference.uri if reference else None}
     ref = save_trained(trainer, tokenizer, ctx, parent, cfg.lora, facts, metrics)
     if ref is None:  # not rank 0: rank 0 writes the outputs
         return StageResult()

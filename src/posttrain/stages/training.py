@@ -148,17 +148,21 @@ def policy_dtype(args) -> torch.dtype:
     return torch.float32
 
 
-def build_trainer(trainer_cls, args, cfg, ctx, train_dataset):
+def build_trainer(trainer_cls, args, cfg, ctx, train_dataset, *, ref_model=None):
     """(trainer, tokenizer, parent ref): the policy from the `policy` input, with
     LoRA adapters when the recipe has `lora:` (TRL wraps it through `peft_config`).
 
     The TRL config must exist before the model is loaded: under ZeRO-3 it is
     what makes transformers build the model already sharded (zero3_init_flag).
     With LoRA and a reference-based preference loss, DPOTrainer uses the same
-    model with the adapter disabled as the reference: no second copy."""
+    model with the adapter disabled as the reference: no second copy.
+    `ref_model`: a reference that is not the policy (preference training
+    against another model); passed to the trainer only when given, so the
+    trainers without that argument (SFT) are called as before."""
     model, tokenizer, parent = load_policy(ctx.inputs["policy"], ctx.config["chat_template"],
                                            attn_implementation=cfg.attn_implementation, dtype=policy_dtype(args))
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer, peft_config=peft_config(cfg.lora))
+    extra = {"ref_model": ref_model} if ref_model is not None else {}
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer, peft_config=peft_config(cfg.lora), **extra)
     if cfg.lora is not None and is_main_process():
         # Under ZeRO-3 a parameter here is this rank's shard; ds_numel is its full size.
         trainable = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters() if p.requires_grad)
