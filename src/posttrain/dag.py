@@ -127,7 +127,8 @@ def stage_configs(recipe: Recipe) -> dict[str, dict]:
         "sft": {**_common(recipe, "sft"), "train": r["sft"]},
         "select_best": {**_common(recipe, "select_best"), "select": r["select"]},
         "merge_boards": _common(recipe, "merge_boards"),
-        "soup": {**_common(recipe, "soup"), "select": r["select"]},
+        # Not the gate: changing gate_margin must not rebuild the soup.
+        "soup": {**_common(recipe, "soup"), "select": {k: r["select"][k] for k in ("objective", "soup")}},
         "publish": {**_common(recipe, "publish"), "publish": r["publish"]},
     }
     for label in eval_labels(recipe):

@@ -40,6 +40,20 @@ def _preference_data(run_dir: Path) -> str:
     return "\n".join(sections)
 
 
+def _new_run_dir(runs_root: Path, name: str) -> Path:
+    """A fresh folder; a run started in the same second as another (a fully
+    cached rerun takes about that) gets a -2, -3, ... suffix."""
+    runs_root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = (runs_root / (name if n == 1 else f"{name}-{n}")).resolve()
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"{runs_root}: no free run folder name for {name}")
+
+
 def run_local(recipe: Recipe, runs_root: Path, *, caching: bool = True) -> LocalRun:
     from kfp import local
 
@@ -49,9 +63,7 @@ def run_local(recipe: Recipe, runs_root: Path, *, caching: bool = True) -> Local
     if recipe.base_model.uri.startswith("local:"):
         prepare(recipe.base_model.uri.removeprefix("local:"))  # once; cached afterwards
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = (runs_root / f"{recipe.name}-{recipe.profile}-{stamp}").resolve()
-    run_dir.mkdir(parents=True, exist_ok=False)
+    run_dir = _new_run_dir(runs_root, f"{recipe.name}-{recipe.profile}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.environ.update(
         {
             STORE_ENV: f"file://{run_dir / 'checkpoints'}",
