@@ -73,8 +73,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
+from _timing import StepClock  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback  # noqa: E402
+from transformers import AutoModelForCausalLM, PrinterCallback  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from posttrain.datasets_io import read_jsonl  # noqa: E402
@@ -84,18 +85,6 @@ from posttrain.stages.training import load_tokenizer  # noqa: E402
 GOAL_RATIO = 1.3
 MODEL = "smollm2-135m-instruct"
 TEMPLATE = "chatml"
-
-
-class StepClock(TrainerCallback):
-    """Wall time and this process's CPU time at the end of every optimizer step."""
-
-    def __init__(self):
-        self.ends: list[float] = []
-        self.cpu_ends: list[float] = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
-        self.cpu_ends.append(time.process_time())
 
 
 class TimedDPOTrainer(DPOTrainer):

@@ -76,8 +76,9 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
 from _collate import CountingCollator  # noqa: E402
+from _timing import StepClock  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from posttrain.datasets_io import read_jsonl  # noqa: E402
@@ -87,18 +88,6 @@ from posttrain.stages.training import load_tokenizer  # noqa: E402
 
 GOAL_SPEEDUP, GOAL_PACKED_PADDING, GOAL_MFU = 3.0, 0.05, 0.6
 DEFAULTS = {"tiny": {"conversations": 160, "epochs": 1}, "smollm2-135m-instruct": {"conversations": 48, "epochs": 1}}
-
-
-class StepClock(TrainerCallback):
-    """Wall time and this process's CPU time at the end of every optimizer step."""
-
-    def __init__(self):
-        self.ends: list[float] = []
-        self.cpu_ends: list[float] = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
-        self.cpu_ends.append(time.process_time())
 
 
 def peak_flops(n: int = 2048, reps: int = 5) -> float:
