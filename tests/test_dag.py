@@ -33,7 +33,7 @@ def test_chunks_are_unrolled(chunks):
 def test_stage_configs_hold_only_what_the_stage_reads():
     cfg = stage_configs(load_recipe(RECIPE, "local"))
     assert "preference" not in cfg["sft"] and "sft" not in cfg["preference_train_1"]
-    changed = stage_configs(apply_overrides(load_recipe(RECIPE, "local"), ["preference.beta=0.1"]))
+    changed = stage_configs(apply_overrides(load_recipe(RECIPE, "local"), ["preference.beta=0.2"]))
     # A changed preference knob leaves upstream task configs (and their cache) alone.
     assert all(changed[t] == cfg[t] for t in ("preflight", "prepare_data", "midtrain", "sft", "evaluate_sft"))
     assert changed["preference_train_1"] != cfg["preference_train_1"]
