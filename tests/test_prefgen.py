@@ -33,7 +33,7 @@ def stage(tmp_path, monkeypatch):
     write_model_ref(tmp_path / "policy", ModelRef(uri="local:tiny"))
 
     def run(overrides: list[str], prompts: list[dict] = PROMPTS, chunks: int = 1):
-        recipe = apply_overrides(load_recipe(RECIPE, "tiny"), [f"preference.chunks={chunks}", *SMALL, *overrides])
+        recipe = apply_overrides(load_recipe(RECIPE, "tiny"), [f"preference.chunks={chunks}", "select.soup.enabled=false", *SMALL, *overrides])
         write_dataset(tmp_path / "prompts", prompts, {})
         out = tmp_path / "out"
         out.mkdir(exist_ok=True)
@@ -88,7 +88,7 @@ def test_on_policy_with_a_reward_model(stage):
 
 
 def test_strong_vs_weak_without_and_with_a_grader(stage):
-    models = ["prefgen.method=strong_vs_weak", "prefgen.strong={uri: 'local:smollm2-135m-instruct'}", "prefgen.weak={uri: 'local:tiny'}"]
+    models = ["prefgen.method=strong_vs_weak", "prefgen.regenerate=false", "prefgen.strong={uri: 'local:smollm2-135m-instruct'}", "prefgen.weak={uri: 'local:tiny'}"]
     _, pairs, stats, _ = stage([*models, "prefgen.grader=null"])
     _check_pairs(pairs)
     assert len(pairs) == 6

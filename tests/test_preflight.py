@@ -32,6 +32,6 @@ def test_recipe_models_are_listed_and_resolve(tmp_path, monkeypatch):
     [("file:///nonexistent/strong", "config.json not found"), ("hf://no-such-org/no-such-model", "not in the local Hub cache")],
 )
 def test_a_missing_strong_model_fails_in_seconds(tmp_path, monkeypatch, model, why):
-    overrides = ["prefgen.method=strong_vs_weak", f"prefgen.strong={{uri: '{model}'}}", "prefgen.weak={uri: 'local:tiny'}"]
+    overrides = ["prefgen.method=strong_vs_weak", "prefgen.regenerate=false", f"prefgen.strong={{uri: '{model}'}}", "prefgen.weak={uri: 'local:tiny'}"]
     with pytest.raises(preflight.PreflightError, match=f"model {model}@main: cannot be resolved: .*{why}"):
         _run(tmp_path, monkeypatch, overrides)
