@@ -1,7 +1,9 @@
 """The whole DAG through KFP's local runner (tiny profile), three times: the
 first run must produce every stage's artifact and the report; the second must
 be served from KFP's local cache; the third, with a release gate no
-checkpoint can pass, reruns only select_best and must publish nothing."""
+checkpoint can pass, reruns only select_best and must publish nothing. A
+fourth run sweeps two learning rates: two branches of a ParallelFor, each its
+own chunk chain, merged for selection."""
 
 import json
 import os
@@ -147,3 +149,30 @@ def test_a_failed_release_gate_publishes_nothing(gated):
     # Only select_best ran again (its config changed); publish was skipped by the gate.
     ran = sorted(p.parent.name for p in (folder / "kfp").rglob("executor_output.json"))
     assert ran == ["select-best"], ran
+
+
+@pytest.fixture(scope="module")
+def swept(runs):
+    _, _, earlier = runs
+    result = _run(earlier[0].parent, "sweep.lr=[1.0e-4, 2.0e-4]", "sweep.parallelism=1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    (folder,) = [p for p in earlier[0].parent.iterdir() if list(p.glob("kfp/*/for-loop-*"))]  # the run with the sweep
+    return result, folder
+
+
+def test_a_sweep_runs_one_chunk_chain_per_branch(swept):
+    result, folder = swept
+    report = (folder / "report.md").read_text()
+    for variant in ("lr0.0001", "lr0.0002"):
+        for k in (1, 2):
+            assert f"| {variant}/chunk-{k} |" in report, f"{variant}/chunk-{k} not a candidate"
+    (pipeline_dir,) = (folder / "kfp").iterdir()
+    branches = sorted(p.name for p in pipeline_dir.glob("for-loop-*"))
+    assert len(branches) == 2
+    for branch in branches:
+        for task in ("preference-train", "preference-train-2", "prefgen-2"):
+            assert (pipeline_dir / branch / task / "executor_output.json").is_file(), f"{branch}/{task}"
+    assert (pipeline_dir / "merge-boards" / "scoreboard/data.jsonl").is_file()
+    # Chunk 2's pairs come from each branch's own chunk-1 policy: a page per branch.
+    assert (folder / "prefgen-b0-2-samples.html").is_file() and (folder / "prefgen-b1-2-samples.html").is_file()
+    assert "chunk 2 (sweep branch 1)" in report

@@ -28,15 +28,21 @@ class LocalRun:
 
 def _preference_data(run_dir: Path) -> str:
     """Each chunk's pair statistics (for report.md), with its page of sample
-    pairs copied next to the report: prefgen-<k>-samples.html."""
+    pairs copied next to the report: prefgen-<k>-samples.html, or for a chunk
+    generated inside sweep branch i, prefgen-b<i>-<k>-samples.html."""
     sections = []
-    for stats in sorted(run_dir.glob("kfp/*/prefgen*/stats"), key=lambda p: (len(p.parent.name), p.parent.name)):
+    for stats in sorted(run_dir.glob("kfp/*/**/prefgen*/stats"), key=lambda p: (str(p.parent.parent), len(p.parent.name), p.parent.name)):
         chunk = stats.parent.name.removeprefix("prefgen").lstrip("-") or "1"
+        branch = stats.parent.parent.name.rsplit("-iteration-", 1)[1] if "-iteration-" in stats.parent.parent.name else None
+        name = f"prefgen-b{branch}-{chunk}" if branch is not None else f"prefgen-{chunk}"
         samples = stats.parent / "samples"
         if samples.is_file():
-            shutil.copyfile(samples, run_dir / f"prefgen-{chunk}-samples.html")
+            shutil.copyfile(samples, run_dir / f"{name}-samples.html")
+        text = stats.read_text()
+        if branch is not None:
+            text = text.replace(f"# Preference pairs, chunk {chunk}", f"# Preference pairs, chunk {chunk} (sweep branch {branch})", 1)
         # One heading level down: the chunk sections sit under the run's report.
-        sections.append(stats.read_text().replace("\n#", "\n##").replace("# Preference pairs", "## Preference pairs", 1))
+        sections.append(text.replace("\n#", "\n##").replace("# Preference pairs", "## Preference pairs", 1))
     return "\n".join(sections)
 
 
