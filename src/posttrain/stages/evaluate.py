@@ -158,15 +158,7 @@ def run_suite(ctx: StageContext, cfg: EvalConfig, ckpt: Checkpoint, suite: str, 
     return samples, metrics
 
 
-def hf_model(path: Path, device):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-
-
-def kl_to_sft(ctx: StageContext, cfg: EvalConfig, ckpt: Checkpoint, board: list[dict], samples: list[dict]) -> dict[str, float]:
+def kl_to_sft(cfg: EvalConfig, ckpt: Checkpoint, board: list[dict], samples: list[dict]) -> dict[str, float]:
     """KL to the SFT model (found on the scoreboard), estimated on this
     checkpoint's own IFEval answers in the first reasoning mode: {} when
     either is missing."""
@@ -178,19 +170,15 @@ def kl_to_sft(ctx: StageContext, cfg: EvalConfig, ckpt: Checkpoint, board: list[
     if sft is None or not answers:
         return {}
     docs = suite_rows(cfg, "ifeval", cfg.ifeval_limit)
-    model = ckpt.model if ckpt.model is not None else hf_model(ckpt.path, "cuda" if _cuda() else "cpu")
-    reference = hf_model(materialize_shared(ModelRef(**sft["model"])), model.device)
+    # Under vLLM the checkpoint has no transformers model yet: load one the way the hf engine does.
+    model = ckpt.model if ckpt.model is not None else HFGenerator.load(ckpt.ref.uri, ckpt.path, ckpt.tokenizer, cfg.batch_size).model
+    sft_ref = ModelRef(**sft["model"])
+    reference = HFGenerator.load(sft_ref.uri, materialize_shared(sft_ref), ckpt.tokenizer, cfg.batch_size)
     try:
-        return kl_to_reference(model, reference, ckpt.tokenizer, [[{"role": "user", "content": docs[s["doc_id"]]["prompt"]}] for s in answers],
+        return kl_to_reference(model, reference.model, ckpt.tokenizer, [[{"role": "user", "content": docs[s["doc_id"]]["prompt"]}] for s in answers],
                                [s["response"] for s in answers], chat_template_kwargs=reasoning_kwargs(mode), batch_size=cfg.batch_size)
     finally:
-        del reference
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+        reference.close()
 
 
 def training_facts(ckpt: Checkpoint) -> dict[str, float]:
@@ -219,7 +207,7 @@ def run(ctx: StageContext) -> StageResult:
         metrics.update(suite_metrics)
     board = read_dataset(ctx.inputs["board"])
     if label not in ("base", "midtrain", "sft"):
-        metrics.update(kl_to_sft(ctx, cfg, ckpt, board, samples))
+        metrics.update(kl_to_sft(cfg, ckpt, board, samples))
     # A rate with nothing to count (no /think turn drawn) is left out, not reported as NaN.
     metrics = {k: v for k, v in metrics.items() if v == v}
     write_dataset(ctx.outputs["samples"], samples, {"label": label, "model": ref.uri, "suites": cfg.suites_for(label)})
