@@ -149,6 +149,41 @@ def eval_labels(recipe: Recipe) -> list[str]:
     return ["base", *(["midtrain"] if recipe.midtrain.enabled else []), "sft", *chunks, *soup_row]
 
 
+def launcher_config(recipe: Recipe, stage: str) -> dict | None:
+    """For a training stage on more than one node: what its KFP task needs to
+    launch and follow a Kubeflow Trainer TrainJob (posttrain.trainjob)."""
+    c = recipe.cluster
+    nodes = c.nodes.get(stage, 1)
+    if nodes <= 1:
+        return None
+    return {
+        "nodes": nodes,
+        "runtime": c.trainjob_runtime,
+        "image": c.images["train"],
+        "resources": c.resources["train"].model_dump(mode="json"),
+        "secrets": [s.model_dump(mode="json") for s in c.secrets],
+        "store_uri": c.store_uri,
+        "cache_pvc": c.cache_pvc,
+    }
+
+
+def preflight_cluster_config(recipe: Recipe) -> dict:
+    """What preflight checks on a cluster before any GPU is requested."""
+    c = recipe.cluster
+    return {
+        "images": dict(c.images),
+        "gpus": [
+            {"kind": kind, "accelerator": r.accelerator, "count": r.gpus, "node_selector": r.node_selector,
+             "tolerations": [t.model_dump(mode="json") for t in r.tolerations]}
+            for kind, r in c.resources.items() if r.gpus
+        ],
+        "secrets": [s.model_dump(mode="json") for s in c.secrets],
+        "store_uri": c.store_uri,
+        "publish": recipe.publish.enabled,
+        "trainjob_runtime": c.trainjob_runtime if any(n > 1 for n in c.nodes.values()) else None,
+    }
+
+
 def _apply_cluster(task: dsl.PipelineTask, recipe: Recipe, kind: str) -> None:
     res: Resources = recipe.cluster.resources[kind]
     task.set_container_image(recipe.cluster.images[kind])

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from posttrain.image_lock import locked_images
 from posttrain.store import sha256_file as file_sha256
 
 # The losses the preference stage accepts (TRL's names where TRL has one): the
@@ -551,6 +552,9 @@ class Resources(Strict):
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
     shm_size: str | None = None
+    # The chart's PriorityClasses (posttrain-training / posttrain-evaluation):
+    # applied to TrainJob pods; kfp-kubernetes 2.17 cannot set it on KFP task pods.
+    priority_class: str | None = None
     timeout_s: PositiveInt = 86400
     retries: Annotated[int, Field(ge=0)] = 3
     backoff: str = "60s"
@@ -564,12 +568,14 @@ class SecretRef(Strict):
     env: dict[str, str]
 
 
+ImageKind = Literal["train", "generate", "cpu"]
+TrainingStage = Literal["midtrain", "sft", "preference_train"]
+
+
 class ClusterConfig(Strict):
-    images: dict[Literal["train", "generate", "cpu"], str] = {
-        "train": "ghcr.io/posttrain/train:0.1.0",
-        "generate": "ghcr.io/posttrain/generate:0.1.0",
-        "cpu": "ghcr.io/posttrain/cpu:0.1.0",
-    }
+    # Default: images/lock.json, written by `make images` (the one place image
+    # references come from); a recipe may name its own.
+    images: dict[ImageKind, str] = Field(default_factory=locked_images)
     resources: dict[Literal["train", "generate", "cpu"], Resources] = {
         "train": Resources(),
         "generate": Resources(),
@@ -577,6 +583,15 @@ class ClusterConfig(Strict):
     }
     secrets: list[SecretRef] = []
     store_uri: str = "file:///mnt/posttrain/checkpoints"
+    # Nodes per training stage (default 1). Above 1 the stage's KFP task
+    # launches a Kubeflow Trainer TrainJob with `trainjob_runtime` and follows it;
+    # each node gets `resources.train`.
+    nodes: dict[TrainingStage, PositiveInt] = {}
+    trainjob_runtime: str = "torch-distributed"
+    # The Helm chart's ServiceAccount (runs are created with it) and cache PVC
+    # (mounted at CACHE_MOUNT on every task; None: no shared cache).
+    service_account: str = "posttrain"
+    cache_pvc: str | None = None
 
     @field_validator("store_uri")
     @classmethod
