@@ -5,6 +5,7 @@ runs inside KFP's executor, which imports posttrain.components._runtime."""
 # Which image (and cluster resources) each component runs on.
 IMAGE_KIND = {
     "preflight": "cpu",
+    "pin-base": "cpu",
     "prepare-data": "cpu",
     "midtrain": "train",
     "sft": "train",

@@ -1,12 +1,12 @@
 from kfp import dsl
-from kfp.dsl import Dataset, Metrics, Model, Output
+from kfp.dsl import Metrics, Output
 
 from posttrain.components._images import DEFAULTS
 
 
 @dsl.component(base_image=DEFAULTS["cpu"], install_kfp_package=False)
-def preflight(config: str, base_model: Output[Model], scoreboard: Output[Dataset], metrics: Output[Metrics]):
-    """Check model, store and data sources; pin the base model; start the scoreboard."""
+def preflight(config: str, metrics: Output[Metrics]):
+    """Check secrets, store, models, data, images and GPUs before any GPU is requested (preflight)."""
     from posttrain.components._runtime import run_stage
 
-    run_stage("preflight", config, {}, {"base_model": base_model, "scoreboard": scoreboard, "metrics": metrics})
+    run_stage("preflight", config, {}, {"metrics": metrics})

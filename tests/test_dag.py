@@ -35,7 +35,7 @@ def test_stage_configs_hold_only_what_the_stage_reads():
     assert "preference" not in cfg["sft"] and "sft" not in cfg["preference_train_1"]
     changed = stage_configs(apply_overrides(load_recipe(RECIPE, "local"), ["preference.beta=0.2"]))
     # A changed preference knob leaves upstream task configs (and their cache) alone.
-    assert all(changed[t] == cfg[t] for t in ("preflight", "prepare_data", "midtrain", "sft", "evaluate_sft"))
+    assert all(changed[t] == cfg[t] for t in ("pin_base", "prepare_data", "midtrain", "sft", "evaluate_sft"))
     assert changed["preference_train_1"] != cfg["preference_train_1"]
 
 
@@ -67,7 +67,7 @@ def test_task_graph(ir):
     spec, _ = ir
     tasks = _all_tasks(spec)
     names = {t["taskInfo"]["name"] for t in tasks.values()}
-    expected = {"preflight", "prepare-data", "midtrain", "sft", "evaluate-base", "evaluate-midtrain", "evaluate-sft", "select-best", "publish"}
+    expected = {"preflight", "pin-base", "prepare-data", "midtrain", "sft", "evaluate-base", "evaluate-midtrain", "evaluate-sft", "select-best", "publish"}
     expected |= {f"{s}-{k}" for s in ("prefgen", "preference-train") for k in range(1, 5)}
     expected |= {f"evaluate-chunk-{k}" for k in range(1, 5)} | {"soup", "evaluate-soup"}
     assert names == expected | {"release-gate"}  # the dsl.If around publish
@@ -78,8 +78,10 @@ def test_task_graph(ir):
         return {by_name_key[d] for d in by_name[name][1].get("dependentTasks", [])}
 
     by_name_key = {key: t["taskInfo"]["name"] for key, t in tasks.items()}
-    assert deps("prepare-data") == {"preflight"}
-    assert deps("midtrain") == {"prepare-data", "preflight"}
+    # preflight runs first, on every run; nothing reads its outputs (see test_preflight_is_never_cached).
+    assert deps("pin-base") == {"preflight"}
+    assert deps("prepare-data") == {"preflight", "pin-base"}
+    assert deps("midtrain") == {"prepare-data", "pin-base"}
     assert deps("sft") == {"prepare-data", "midtrain"}
     # strong_vs_weak without regenerate: every chunk's pairs in one pass, up front.
     assert all(deps(f"prefgen-{k}") == {"sft", "prepare-data"} for k in range(1, 5))

@@ -1,6 +1,6 @@
 """The DAG builder: a validated Recipe becomes a KFP pipeline.
 
-preflight ─▶ prepare_data ─▶ [midtrain] ─▶ sft ─▶ chunk chain ─▶ [soup] ─▶
+preflight ─▶ pin_base, prepare_data ─▶ [midtrain] ─▶ sft ─▶ chunk chain ─▶ [soup] ─▶
 select_best ─▶ If(gate) publish / Else the run ends "gate not passed"
 
 chunk chain, for k in 1..K: prefgen_k ─▶ preference_train_k ─▶ evaluate
@@ -17,6 +17,7 @@ applied only when compiling for a cluster; KFP's local runner ignores them.
 """
 
 import hashlib
+import inspect
 import json
 from functools import cache
 from pathlib import Path
@@ -30,6 +31,7 @@ from posttrain.components import IMAGE_KIND
 from posttrain.components.evaluate import evaluate
 from posttrain.components.merge_boards import merge_boards
 from posttrain.components.midtrain import midtrain
+from posttrain.components.pin_base import pin_base
 from posttrain.components.preference_train import preference_train
 from posttrain.components.prefgen import prefgen
 from posttrain.components.preflight import preflight
@@ -38,9 +40,13 @@ from posttrain.components.publish import publish
 from posttrain.components.select_best import select_best
 from posttrain.components.sft import sft
 from posttrain.components.soup import soup
+from posttrain.knobs import Knob, docstring, recipe_knobs, render, with_sentinels
 from posttrain.recipe import Recipe, Resources
 from posttrain.stages.context import STORE_ENV
 
+# The chart's cache PVC, when the recipe names one (cluster.cache_pvc).
+CACHE_MOUNT = "/mnt/posttrain/cache"
+CACHE_ENV = "POSTTRAIN_CACHE"
 
 # No `from __future__ import annotations` here: KFP reads these annotations.
 class PipelineOutputs(NamedTuple):
@@ -102,10 +108,14 @@ def extra_models(recipe: Recipe) -> list[dict]:
     return [m.model_dump(mode="json") for m in models]
 
 
-def stage_configs(recipe: Recipe) -> dict[str, dict]:
+def stage_configs(recipe: Recipe, knobs: list[Knob] | None = None) -> dict[str, dict]:
     """Each task's config: only the recipe fields it uses, so a changed knob
-    invalidates the cache of the tasks that read it and what depends on them."""
+    invalidates the cache of the tasks that read it and what depends on them.
+    With `knobs`, their fields hold sentinels that `build_pipeline` turns into
+    pipeline-parameter placeholders (posttrain.knobs)."""
     r = recipe.model_dump(mode="json")
+    if knobs:
+        r = with_sentinels(r, knobs)
     k_total = recipe.preference.chunks
     cfg = {
         "preflight": {
@@ -113,7 +123,11 @@ def stage_configs(recipe: Recipe) -> dict[str, dict]:
             "base_model": r["base_model"],
             "sources": [s for g in ("midtrain", "sft", "prompts") for s in r["data"][g]] + eval_sources(recipe),
             "models": extra_models(recipe),
+            # The whole recipe, knobs included: preflight re-validates it with the
+            # run's parameter values, so a bad value typed into the UI fails first.
+            "recipe": r,
         },
+        "pin_base": {**_common(recipe, "pin_base"), "base_model": r["base_model"]},
         "prepare_data": {
             **_common(recipe, "prepare_data"),
             "data": r["data"],
@@ -149,11 +163,17 @@ def eval_labels(recipe: Recipe) -> list[str]:
     return ["base", *(["midtrain"] if recipe.midtrain.enabled else []), "sft", *chunks, *soup_row]
 
 
-def launcher_config(recipe: Recipe, stage: str) -> dict | None:
+def training_stage(task: str) -> str | None:
+    """The training stage a task runs (preference_train_3 -> preference_train), if any."""
+    stage = task.rstrip("0123456789").rstrip("_")
+    return stage if stage in ("midtrain", "sft", "preference_train") else None
+
+
+def launcher_config(recipe: Recipe, stage: str | None) -> dict | None:
     """For a training stage on more than one node: what its KFP task needs to
     launch and follow a Kubeflow Trainer TrainJob (posttrain.trainjob)."""
     c = recipe.cluster
-    nodes = c.nodes.get(stage, 1)
+    nodes = c.nodes.get(stage, 1) if stage else 1
     if nodes <= 1:
         return None
     return {
@@ -184,8 +204,10 @@ def preflight_cluster_config(recipe: Recipe) -> dict:
     }
 
 
-def _apply_cluster(task: dsl.PipelineTask, recipe: Recipe, kind: str) -> None:
-    res: Resources = recipe.cluster.resources[kind]
+def _apply_cluster(task: dsl.PipelineTask, recipe: Recipe, kind: str, *, launches_trainjob: bool, name: str) -> None:
+    # A task that launches a multi-node TrainJob only follows it: it runs the
+    # train image on a CPU pod; the GPUs are requested by the TrainJob's nodes.
+    res: Resources = recipe.cluster.resources["cpu" if launches_trainjob else kind]
     task.set_container_image(recipe.cluster.images[kind])
     if res.gpus:
         task.set_accelerator_type(res.accelerator).set_accelerator_limit(res.gpus)
@@ -200,8 +222,13 @@ def _apply_cluster(task: dsl.PipelineTask, recipe: Recipe, kind: str) -> None:
     if res.shm_size:
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=res.shm_size)
     for secret in recipe.cluster.secrets:
-        kubernetes.use_secret_as_env(task, secret_name=secret.name, secret_key_to_env=secret.env)
+        # preflight reports a missing Secret; any other pod would never start.
+        kubernetes.use_secret_as_env(task, secret_name=secret.name, secret_key_to_env=secret.env, optional=name == "preflight")
     task.set_env_variable(STORE_ENV, recipe.cluster.store_uri)
+    if recipe.cluster.cache_pvc:
+        kubernetes.mount_pvc(task, pvc_name=recipe.cluster.cache_pvc, mount_path=CACHE_MOUNT)
+        task.set_env_variable(CACHE_ENV, f"{CACHE_MOUNT}/posttrain")
+        task.set_env_variable("HF_HOME", f"{CACHE_MOUNT}/huggingface")
     task.set_retry(num_retries=res.retries, backoff_duration=res.backoff, backoff_factor=res.backoff_factor, backoff_max_duration=res.backoff_max)
     kubernetes.set_timeout(task, res.timeout_s)
 
@@ -209,13 +236,28 @@ def _apply_cluster(task: dsl.PipelineTask, recipe: Recipe, kind: str) -> None:
 def build_pipeline(recipe: Recipe, *, cluster: bool):
     """A KFP pipeline function for the recipe. `cluster=False` leaves out the
     Kubernetes settings (KFP's local runner ignores them anyway)."""
-    configs = {name: json.dumps(c, sort_keys=True) for name, c in stage_configs(recipe).items()}
+    knobs = recipe_knobs(recipe)
+    stage_cfgs = stage_configs(recipe, knobs)
+    if cluster:
+        stage_cfgs["preflight"]["cluster"] = preflight_cluster_config(recipe)
+        for name, cfg in stage_cfgs.items():
+            if launcher := launcher_config(recipe, training_stage(name)):
+                cfg["launcher"] = launcher
+    configs = {name: json.dumps(c, sort_keys=True) for name, c in stage_cfgs.items()}
+    # The pipeline's parameters: KFP reads names, types and defaults from the
+    # function's signature and descriptions from its docstring.
+    signature = inspect.Signature(
+        [inspect.Parameter(k.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=k.default, annotation=k.type) for k in knobs],
+        return_annotation=PipelineOutputs,
+    )
+    rendered: dict[str, str] = {}
 
     def task(component, name: str, **inputs) -> dsl.PipelineTask:
-        t = component(config=configs[name], **inputs)
+        t = component(config=rendered[name], **inputs)
         t.set_display_name(name.replace("_", "-"))
         if cluster:
-            _apply_cluster(t, recipe, IMAGE_KIND[component.component_spec.name])
+            _apply_cluster(t, recipe, IMAGE_KIND[component.component_spec.name], name=name,
+                           launches_trainjob="launcher" in stage_cfgs.get(name, {}))
         return t
 
     def chunk_chain(board, sft_model, prompts, shared_pairs: dict, variant: str = ""):
@@ -231,12 +273,17 @@ def build_pipeline(recipe: Recipe, *, cluster: bool):
             board = task(evaluate, f"evaluate_chunk-{k}", model=policy, board=board, variant=variant).outputs["scoreboard"]
         return board
 
-    @dsl.pipeline(name=recipe.name, description=recipe.description or f"posttrain recipe {recipe.name} ({recipe.profile})")
-    def pipeline() -> PipelineOutputs:
-        pre = task(preflight, "preflight")
-        data = task(prepare_data, "prepare_data", base_model=pre.outputs["base_model"])
-        policy = pre.outputs["base_model"]
-        board = task(evaluate, "evaluate_base", model=policy, board=pre.outputs["scoreboard"]).outputs["scoreboard"]
+    def pipeline(*args, **kwargs) -> PipelineOutputs:
+        params = signature.bind(*args, **kwargs)
+        params.apply_defaults()
+        rendered.update({name: render(c, knobs, params.arguments) for name, c in configs.items()})
+        # Checks run on every run (never cached); nothing downstream reads
+        # preflight's outputs, only waits for it, so its reruns cost no cache hits.
+        checks = task(preflight, "preflight").set_caching_options(enable_caching=False)
+        pin = task(pin_base, "pin_base").after(checks)
+        data = task(prepare_data, "prepare_data", base_model=pin.outputs["base_model"]).after(checks)
+        policy = pin.outputs["base_model"]
+        board = task(evaluate, "evaluate_base", model=policy, board=pin.outputs["scoreboard"]).outputs["scoreboard"]
         if recipe.midtrain.enabled:
             policy = task(midtrain, "midtrain", data=data.outputs["midtrain"], policy=policy).outputs["model"]
             board = task(evaluate, "evaluate_midtrain", model=policy, board=board).outputs["scoreboard"]
@@ -266,7 +313,9 @@ def build_pipeline(recipe: Recipe, *, cluster: bool):
         return PipelineOutputs(report=best.outputs["report"], stats=data.outputs["stats"], vibe=best.outputs["vibe"],
                                curves=best.outputs["curves"])
 
-    return pipeline
+    pipeline.__signature__ = signature
+    pipeline.__doc__ = docstring(knobs)
+    return dsl.pipeline(name=recipe.name, description=recipe.description or f"posttrain recipe {recipe.name} ({recipe.profile})")(pipeline)
 
 
 def compile_pipeline(recipe: Recipe, out_path: str) -> None:
