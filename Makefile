@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run test lint compile bench clean
+.PHONY: help setup run test lint compile submit schedule unschedule bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,26 @@ lint: $(STAMP) ## ruff over the code
 
 compile: $(STAMP) ## validate pipelines/$(PIPELINE).yaml and write its cluster KFP IR to build/$(PIPELINE).yaml
 	$(VENV)/bin/posttrain compile $(RECIPE) -o build/$(PIPELINE).yaml
+
+# Cluster submission (posttrain submit | schedule | unschedule; auth from KFP_TOKEN,
+# see src/posttrain/submit.py). These default to the recipe's cluster profile
+# (its top level), not the `local` that `make run` uses.
+KFP_HOST ?=
+EXPERIMENT ?= posttrain
+SET ?=
+PARAMS ?=
+CRON ?=
+submit schedule unschedule: PROFILE := cluster
+KFP_ARGS = --profile $(PROFILE) $(if $(KFP_HOST),--host '$(KFP_HOST)') --experiment '$(EXPERIMENT)'
+
+submit: $(STAMP) ## validate, compile, upload a version named by git sha, start a run on KFP_HOST, print its URL (SET='f=v ...', PARAMS='knob=v ...')
+	$(VENV)/bin/posttrain submit $(RECIPE) $(KFP_ARGS) $(foreach s,$(SET),--set '$(s)') $(foreach p,$(PARAMS),--param '$(p)')
+
+schedule: $(STAMP) ## the same upload, then a recurring run on CRON='0 3 * * 1' (max concurrency 1, no catch-up; replaces an earlier one)
+	$(VENV)/bin/posttrain schedule $(RECIPE) $(KFP_ARGS) --cron '$(CRON)' $(foreach s,$(SET),--set '$(s)') $(foreach p,$(PARAMS),--param '$(p)')
+
+unschedule: $(STAMP) ## delete the recurring run `make schedule` made
+	$(VENV)/bin/posttrain unschedule $(RECIPE) $(KFP_ARGS)
 
 bench: setup ## run every benchmark in bench/ (ratios measured side by side in one run)
 	@for script in bench/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

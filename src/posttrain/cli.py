@@ -1,6 +1,8 @@
-"""`posttrain validate | compile | run`.
+"""`posttrain validate | compile | run | submit | schedule | unschedule`.
 
-Exit status 2 for a recipe that cannot run; nothing is written then."""
+Exit status 2 for a recipe that cannot run, or a submission refused before
+any request (no KFP host, bad cron, unknown parameter); nothing is written or
+sent then. Exit status 1 for an error from the KFP server (see submit.py)."""
 
 from __future__ import annotations
 
@@ -50,6 +52,39 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    recipe = _load(args)
+    from posttrain.submit import submit
+
+    submit(recipe, Path(args.recipe), host=args.host, experiment=args.experiment, namespace=args.namespace, run_name=args.run_name,
+           overrides=args.set, params=args.param)
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    recipe = _load(args)
+    from posttrain.submit import schedule
+
+    schedule(recipe, Path(args.recipe), cron=args.cron, host=args.host, experiment=args.experiment, namespace=args.namespace,
+             name=args.name, overrides=args.set, params=args.param)
+    return 0
+
+
+def cmd_unschedule(args) -> int:
+    from posttrain.submit import recurring_run_name, unschedule
+
+    # The recipe is read only for the default name, so --name works with a recipe that no longer validates.
+    name = args.name or recurring_run_name(load_recipe(args.recipe, args.profile))
+    unschedule(name, host=args.host, experiment=args.experiment, namespace=args.namespace)
+    return 0
+
+
+def _kfp_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="KFP API/UI address, e.g. https://kubeflow.example.com/pipeline (default: $KFP_HOST)")
+    p.add_argument("--experiment", help="KFP experiment (default: posttrain)")
+    p.add_argument("--namespace", help="profile namespace on a multi-user KFP (default: $KFP_NAMESPACE)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="posttrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,12 +103,35 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--runs-dir", default="runs")
     run.add_argument("--no-cache", action="store_true", help="ignore KFP's local cache")
 
+    auth = "auth: $KFP_TOKEN (bearer token), else the pod's KFP service-account token; $KFP_COOKIE, $KFP_CA_CERT (see posttrain/submit.py)"
+    submit = add("submit", cmd_submit, "compile, upload a pipeline version named by git sha and start a KFP run", None)
+    submit.description = auth
+    schedule = add("schedule", cmd_schedule, "the same upload, then a KFP recurring run (max concurrency 1, no catch-up)", None)
+    schedule.description = auth
+    schedule.add_argument("--cron", required=True, help="5-field cron, e.g. '0 3 * * 1' (Mondays 03:00; KFP's 6-field form also taken)")
+    schedule.add_argument("--name", help="recurring run name (default: <recipe>-<profile>); scheduling again replaces it")
+    for p in (submit, schedule):
+        _kfp_options(p)
+        p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter for the run (default: the IR's)")
+    submit.add_argument("--run-name", help="run name (default: '<recipe> <version> <UTC time>')")
+    unsched = sub.add_parser("unschedule", help="delete the recurring run(s) that `schedule` made", description=auth)
+    unsched.add_argument("recipe", help="recipe file, e.g. pipelines/smollm3.yaml")
+    unsched.add_argument("--profile", default=None, help="profile inside the recipe (default: cluster)")
+    unsched.add_argument("--name", help="recurring run name (default: <recipe>-<profile>)")
+    _kfp_options(unsched)
+    unsched.set_defaults(func=cmd_unschedule)
+
     args = parser.parse_args(argv)
+    from posttrain.submit import SubmitError
+
     try:
         return args.func(args)
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SubmitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":
