@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run test lint compile submit schedule unschedule bench clean
+.PHONY: help setup tools run test lint compile submit schedule unschedule bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,10 +35,13 @@ $(STAMP): pyproject.toml requirements.lock
 setup: $(STAMP) ## create .venv with the pinned dependencies and the local model
 	$(PY) -c "from posttrain.local_models import prepare; print(prepare('smollm2-135m-instruct'))"
 
+tools: ## install helm, kubernetes-validate and checkov into .venv-tools (for the Helm chart tests)
+	bash helm/install-tools.sh
+
 run: setup ## run RECIPE (default pipelines/smollm3.yaml) with PROFILE (default local) through kfp.local
 	$(VENV)/bin/posttrain run $(RECIPE) --profile $(PROFILE)
 
-test: setup ## run the test suite
+test: setup tools ## run the test suite
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP) ## ruff over the code

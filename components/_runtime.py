@@ -44,6 +44,7 @@ def run_stage(stage: str, config: str, inputs: dict, outputs: dict, variant: str
     for name, meta in result.metadata.items():
         outputs[name].metadata.update(meta)
     if metrics is not None:
+        metrics.metadata.update(result.metadata.get("metrics", {}))
         for name, value in result.metrics.items():
             metrics.log_metric(name, value)
         # A file at the artifact's path too: KFP's local cache treats an

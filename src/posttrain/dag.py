@@ -125,7 +125,7 @@ def stage_configs(recipe: Recipe, knobs: list[Knob] | None = None) -> dict[str, 
             "models": extra_models(recipe),
             # The whole recipe, knobs included: preflight re-validates it with the
             # run's parameter values, so a bad value typed into the UI fails first.
-            "recipe": r,
+            "recipe_values": r,
         },
         "pin_base": {**_common(recipe, "pin_base"), "base_model": r["base_model"]},
         "prepare_data": {

@@ -38,7 +38,7 @@ class StageContext:
     config: dict
     inputs: dict[str, Path]
     outputs: dict[str, Path]
-    store: CheckpointStore
+    store_uri: str
     log_dir: Path | None
     workdir: Path
 
@@ -54,10 +54,16 @@ class StageContext:
             config=config,
             inputs=inputs,
             outputs=outputs,
-            store=open_store(store_uri),
+            store_uri=store_uri,
             log_dir=Path(log_root) / task if log_root else None,
             workdir=workdir or Path(tempfile.mkdtemp(prefix=f"posttrain-{task}-")),
         )
+
+    @cached_property
+    def store(self) -> CheckpointStore:
+        # Opened on first use: preflight must be able to report a store it
+        # cannot open (e.g. an hf:// store without its token) among its problems.
+        return open_store(self.store_uri)
 
     @cached_property
     def _inputs_digest(self) -> bytes:
