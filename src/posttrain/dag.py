@@ -43,10 +43,11 @@ from posttrain.components.soup import soup
 from posttrain.knobs import Knob, docstring, recipe_knobs, render, with_sentinels
 from posttrain.recipe import Recipe, Resources
 from posttrain.stages.context import STORE_ENV
+from posttrain.trainjob import CACHE_ENV, CACHE_MOUNT
 
-# The chart's cache PVC, when the recipe names one (cluster.cache_pvc).
-CACHE_MOUNT = "/mnt/posttrain/cache"
-CACHE_ENV = "POSTTRAIN_CACHE"
+# A TrainJob's launcher task outlives the job's own deadline by this much, so
+# the job fails on its deadline (and reports why) before KFP kills the follower.
+LAUNCHER_MARGIN_S = 600
 
 # No `from __future__ import annotations` here: KFP reads these annotations.
 class PipelineOutputs(NamedTuple):
@@ -184,6 +185,7 @@ def launcher_config(recipe: Recipe, stage: str | None) -> dict | None:
         "secrets": [s.model_dump(mode="json") for s in c.secrets],
         "store_uri": c.store_uri,
         "cache_pvc": c.cache_pvc,
+        "service_account": c.service_account,
     }
 
 
@@ -208,6 +210,8 @@ def _apply_cluster(task: dsl.PipelineTask, recipe: Recipe, kind: str, *, launche
     # A task that launches a multi-node TrainJob only follows it: it runs the
     # train image on a CPU pod; the GPUs are requested by the TrainJob's nodes.
     res: Resources = recipe.cluster.resources["cpu" if launches_trainjob else kind]
+    # Its deadline and retries are the training stage's: it lives as long as the TrainJob.
+    limits: Resources = recipe.cluster.resources[kind]
     task.set_container_image(recipe.cluster.images[kind])
     if res.gpus:
         task.set_accelerator_type(res.accelerator).set_accelerator_limit(res.gpus)
@@ -229,8 +233,9 @@ def _apply_cluster(task: dsl.PipelineTask, recipe: Recipe, kind: str, *, launche
         kubernetes.mount_pvc(task, pvc_name=recipe.cluster.cache_pvc, mount_path=CACHE_MOUNT)
         task.set_env_variable(CACHE_ENV, f"{CACHE_MOUNT}/posttrain")
         task.set_env_variable("HF_HOME", f"{CACHE_MOUNT}/huggingface")
-    task.set_retry(num_retries=res.retries, backoff_duration=res.backoff, backoff_factor=res.backoff_factor, backoff_max_duration=res.backoff_max)
-    kubernetes.set_timeout(task, res.timeout_s)
+    task.set_retry(num_retries=limits.retries, backoff_duration=limits.backoff, backoff_factor=limits.backoff_factor,
+                   backoff_max_duration=limits.backoff_max)
+    kubernetes.set_timeout(task, limits.timeout_s + (LAUNCHER_MARGIN_S if launches_trainjob else 0))
 
 
 def build_pipeline(recipe: Recipe, *, cluster: bool):

@@ -6,7 +6,10 @@ visible GPU runs under `accelerate launch` with DeepSpeed ZeRO-3
 posttrain.stages SPEC` runs once per GPU, rank 0 writes the stage's outputs and
 its StageResult (metrics + metadata) to a JSON file that this process reads
 back. Everything else, and any stage with 0 or 1 GPU, runs in this process as
-before. The KFP components call `execute` and know nothing of this.
+before. A training stage whose config carries a `launcher` for more than one
+node runs as a Kubeflow Trainer TrainJob instead (posttrain/trainjob.py): this
+process only launches and follows it, and each node runs `launch_command` with
+its `Machines`. The KFP components call `execute` and know nothing of this.
 
 At the end, `is_main_process` for the stages (accelerate's process state;
 the collectives the stages need come from accelerate.utils).
@@ -23,7 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -68,19 +71,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Machines:
+    """The nodes of a multi-node launch and this one's place among them (on a
+    TrainJob node: torchrun's PET_* variables, set by the Trainer)."""
+
+    count: int
+    rank: int
+    main_ip: str
+    main_port: int
+
+
 def launch_command(spec_path: Path, num_processes: int, mixed_precision: str = "bf16", *,
-                   deepspeed_config: Path | None = None, port: int | None = None) -> list[str]:
-    """`accelerate launch` of `python -m posttrain.stages SPEC` on one machine.
+                   deepspeed_config: Path | None = None, port: int | None = None, machines: Machines | None = None) -> list[str]:
+    """`accelerate launch` of `python -m posttrain.stages SPEC`, on one machine
+    or, with `machines`, as this machine's share of `num_processes` (all nodes).
 
     With `deepspeed_config` (the cluster path: `deepspeed_config_path()`) the
     processes run DeepSpeed ZeRO-3 with `zero3_init_flag`; without it, plain
     multi-process data parallel (used by the CPU test, where DeepSpeed cannot run)."""
+    m = machines or Machines(count=1, rank=0, main_ip="", main_port=port or free_port())
     cmd = [sys.executable, "-m", "accelerate.commands.launch",
-           "--num_processes", str(num_processes), "--num_machines", "1", "--machine_rank", "0",
+           "--num_processes", str(num_processes), "--num_machines", str(m.count), "--machine_rank", str(m.rank),
            "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
-           "--main_process_port", str(port or free_port())]
+           "--main_process_port", str(m.main_port)]
+    if m.count > 1:
+        # Static rendezvous: global rank = machine rank x processes per machine +
+        # local rank, so global rank 0 (which writes the result) is on machine 0.
+        cmd += ["--main_process_ip", m.main_ip, "--rdzv_backend", "static"]
     if deepspeed_config is not None:
         cmd += ["--use_deepspeed", "--deepspeed_config_file", str(deepspeed_config), "--zero3_init_flag", "true"]
+        if m.count > 1:
+            # torchrun on every node; accelerate's default (pdsh) would ssh from node 0.
+            cmd += ["--deepspeed_multinode_launcher", "standard"]
     else:
         cmd += ["--multi_gpu"]
     return [*cmd, "-m", "posttrain.stages", str(spec_path)]
@@ -100,24 +123,28 @@ def run_in_process(stage: str, config: dict, inputs: dict[str, Path], outputs: d
 
 
 def run_launched(stage: str, config: dict, inputs: dict[str, Path], outputs: dict[str, Path], num_processes: int, *,
-                 deepspeed: bool = True, env: dict[str, str] | None = None):
-    """Run the stage in `num_processes` processes and return rank 0's StageResult.
+                 deepspeed: bool = True, env: dict[str, str] | None = None, machines: Machines | None = None,
+                 shared_workdir: Path | None = None):
+    """Run the stage in `num_processes` processes and return rank 0's StageResult
+    (None on a machine other than the first of `machines`: rank 0 is not there).
 
     The processes share one scratch folder (`workdir` in the spec: the Trainer's
     output_dir must be the same for every rank, since each writes its own
-    shards into a checkpoint). SIGTERM is passed on to the launcher, which
-    passes it to every process; they save a checkpoint together and exit, and
-    this process then exits with 143 so the task is retried and resumes."""
+    shards into a checkpoint): a fresh local one, or `shared_workdir` (a volume
+    every machine mounts) for a multi-node launch. SIGTERM is passed on to the
+    launcher, which passes it to every process; they save a checkpoint together
+    and exit, and this process then exits with 143 so the task is retried and resumes."""
     from posttrain.stages.context import StageResult
 
     workdir = Path(tempfile.mkdtemp(prefix=f"posttrain-{config.get('task', stage)}-launch-"))
     try:
         spec = {"stage": stage, "config": config, "inputs": {k: str(v) for k, v in inputs.items()},
-                "outputs": {k: str(v) for k, v in outputs.items()}, "workdir": str(workdir / "work"), "result": str(workdir / "result.json")}
+                "outputs": {k: str(v) for k, v in outputs.items()}, "workdir": str(shared_workdir or workdir / "work"),
+                "result": str(workdir / "result.json")}
         spec_path = workdir / "spec.json"
         spec_path.write_text(json.dumps(spec))
         cmd = launch_command(spec_path, num_processes, mixed_precision(stage, config),
-                             deepspeed_config=deepspeed_config_path() if deepspeed else None)
+                             deepspeed_config=deepspeed_config_path() if deepspeed else None, machines=machines)
         log.info("launching %s on %d processes: %s", stage, num_processes, " ".join(cmd))
         child_env = {**os.environ, **(env or {})}
         child_env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
@@ -138,6 +165,8 @@ def run_launched(stage: str, config: dict, inputs: dict[str, Path], outputs: dic
 
             log.warning("%s: SIGTERM passed on to the launched processes; they exited with %d", stage, rc)
             raise Preempted()
+        if rc == 0 and machines is not None and machines.rank != 0:
+            return None
         result_file = Path(spec["result"])
         if rc != 0 or not result_file.is_file():
             raise RuntimeError(f"{stage}: launched stage failed (exit status {rc}); see the log of rank 0 above")
@@ -149,6 +178,11 @@ def run_launched(stage: str, config: dict, inputs: dict[str, Path], outputs: dic
 
 def execute(stage: str, config: dict, inputs: dict[str, Path], outputs: dict[str, Path]):
     """Run a stage where it belongs (see the module docstring)."""
+    launcher = config.get("launcher")
+    if launcher and launcher.get("nodes", 1) > 1:
+        from posttrain.trainjob import run_trainjob
+
+        return run_trainjob(stage, config, inputs, outputs)
     gpus = visible_gpus()
     if should_launch(stage, gpus):
         return run_launched(stage, config, inputs, outputs, gpus)

@@ -552,9 +552,6 @@ class Resources(Strict):
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
     shm_size: str | None = None
-    # The chart's PriorityClasses (posttrain-training / posttrain-evaluation):
-    # applied to TrainJob pods; kfp-kubernetes 2.17 cannot set it on KFP task pods.
-    priority_class: str | None = None
     timeout_s: PositiveInt = 86400
     retries: Annotated[int, Field(ge=0)] = 3
     backoff: str = "60s"
@@ -592,6 +589,18 @@ class ClusterConfig(Strict):
     # (mounted at CACHE_MOUNT on every task; None: no shared cache).
     service_account: str = "posttrain"
     cache_pvc: str | None = None
+
+    @model_validator(mode="after")
+    def _multinode_needs_shared_cache(self) -> ClusterConfig:
+        # Every node writes its ZeRO-3 shards into one checkpoint folder on the cache volume.
+        multinode = sorted(stage for stage, n in self.nodes.items() if n > 1)
+        if multinode and not self.cache_pvc:
+            raise ValueError(f"cluster.nodes: {', '.join(multinode)} on several nodes needs cluster.cache_pvc "
+                             "(a ReadWriteMany PVC all nodes mount, e.g. the chart's posttrain-cache)")
+        if multinode and urlparse(self.store_uri).scheme == "file" and not self.store_uri.startswith("file:///mnt/posttrain/cache/"):
+            raise ValueError("cluster.store_uri: a file:// store on several nodes must lie on the cache volume "
+                             "(file:///mnt/posttrain/cache/...), or use s3:// or hf://")
+        return self
 
     @field_validator("store_uri")
     @classmethod
