@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup tools run test lint compile submit schedule unschedule bench clean
+.PHONY: help setup tools run test lint compile images submit schedule unschedule bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,11 +44,20 @@ run: setup ## run RECIPE (default pipelines/smollm3.yaml) with PROFILE (default 
 test: setup tools ## run the test suite
 	$(VENV)/bin/pytest -q
 
-lint: $(STAMP) ## ruff over the code
-	$(VENV)/bin/ruff check src components tests data/local
+lint: $(STAMP) ## ruff over the code, hadolint over the Dockerfiles
+	$(VENV)/bin/ruff check src components tests data/local images bench
+	$(VENV)/bin/hadolint images/*/Dockerfile
 
 compile: $(STAMP) ## validate pipelines/$(PIPELINE).yaml and write its cluster KFP IR to build/$(PIPELINE).yaml
 	$(VENV)/bin/posttrain compile $(RECIPE) -o build/$(PIPELINE).yaml
+
+# Images: built with docker or buildah, pushed, digests recorded in images/lock.json
+# (the image references every compile uses). First time: ARGS=--resolve-bases.
+REGISTRY ?=
+TAG ?=
+ARGS ?=
+images: $(STAMP) ## build train/generate/cpu, push them to REGISTRY (TAG: git sha), record their digests in images/lock.json
+	$(PY) -m posttrain.images.build --registry "$(REGISTRY)" $(if $(TAG),--tag $(TAG)) --push $(ARGS)
 
 # Cluster submission (posttrain submit | schedule | unschedule; auth from KFP_TOKEN,
 # see src/posttrain/submit.py). These default to the recipe's cluster profile
