@@ -16,7 +16,8 @@ from conftest import RECIPE, ROOT
 pytestmark = pytest.mark.e2e
 
 STAGE_OUTPUTS = {
-    "preflight": ["base_model/model.json", "scoreboard/data.jsonl", "metrics"],
+    "preflight": ["metrics"],
+    "pin-base": ["base_model/model.json", "scoreboard/data.jsonl"],
     "prepare-data": ["sft/data.jsonl", "midtrain/data.jsonl", "prompts/data.jsonl", "stats", "metrics"],
     "midtrain": ["model/model.json", "metrics"],
     "sft": ["model/model.json", "metrics"],
@@ -133,10 +134,11 @@ def test_report_has_every_row(runs):
 
 def test_second_run_is_served_from_the_cache(runs):
     _, second, (first, again) = runs
-    # A cache hit runs nothing: the second run's pipeline root gets no task
-    # output, and its report points at the first run's checkpoints.
+    # A cache hit runs nothing but preflight (it checks on every run): the
+    # second run's pipeline root gets no other task output, and its report
+    # points at the first run's checkpoints.
     ran = sorted(p.parent.name for p in (again / "kfp").rglob("executor_output.json"))
-    assert ran == [], f"ran again: {ran}"
+    assert ran == ["preflight"], f"ran again: {ran}"
     assert (again / "report.md").is_file()
     assert f"file://{first}/checkpoints/" in (again / "report.md").read_text()
 
@@ -146,9 +148,9 @@ def test_a_failed_release_gate_publishes_nothing(gated):
     report = (folder / "report.md").read_text()
     assert "Release gate **NOT PASSED**" in report and "Nothing is published." in report
     assert "NOT PASSED" in result.stdout
-    # Only select_best ran again (its config changed); publish was skipped by the gate.
+    # Only select_best ran again (its config changed), after preflight; publish was skipped by the gate.
     ran = sorted(p.parent.name for p in (folder / "kfp").rglob("executor_output.json"))
-    assert ran == ["select-best"], ran
+    assert ran == ["preflight", "select-best"], ran
 
 
 @pytest.fixture(scope="module")
