@@ -79,8 +79,9 @@ schedule: $(STAMP) ## the same upload, then a recurring run on CRON='0 3 * * 1' 
 unschedule: $(STAMP) ## delete the recurring run `make schedule` made
 	$(VENV)/bin/posttrain unschedule $(RECIPE) $(KFP_ARGS)
 
-bench: setup ## run every benchmark in bench/ (ratios measured side by side in one run)
-	@for script in bench/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+BENCH_ARGS ?=
+bench: setup ## run every benchmark in bench/ (several runs each) and write BENCHMARKS.md (BENCH_ARGS='--only generation', '--quick')
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean: ## remove runs/, build/ and the local cache (keeps .venv)
 	rm -rf runs build .cache

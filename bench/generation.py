@@ -78,6 +78,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from _report import report  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from posttrain.datasets_io import read_jsonl  # noqa: E402
@@ -216,6 +217,8 @@ def gpu_section(path: Path, tokenizer, conversations: list[list[dict]], args) ->
         r["cpu_seconds"] = 0.0
     print_table(f"GPU ({torch.cuda.get_device_name()}), bf16, HF generate", [single, batched])
     print_ratio(single, batched, None)
+    report(f"GPU generation, batched vs one at a time ({torch.cuda.get_device_name()})", "generated tokens/s, bf16 HF generate: batched (A) vs one at a time (B)",
+           tokens_per_s(batched), tokens_per_s(single), unit="tok/s")
     del model
     gc.collect()
     torch.cuda.empty_cache()
@@ -226,6 +229,8 @@ def gpu_section(path: Path, tokenizer, conversations: list[list[dict]], args) ->
     print_table("GPU: HF batched generation vs vLLM offline engine (posttrain.engines.VLLMGenerator), same prompts, greedy",
                 [batched, vllm_row])
     print(f"\nratio vLLM / HF batched: {tokens_per_s(vllm_row) / tokens_per_s(batched):.2f}")
+    report(f"GPU generation, vLLM vs HF ({torch.cuda.get_device_name()})", "generated tokens/s: vLLM offline engine (A) vs HF batched generate (B)",
+           tokens_per_s(vllm_row), tokens_per_s(batched), unit="tok/s")
 
 
 def run_vllm(path: Path, conversations: list[list[dict]], max_new_tokens: int) -> dict:
@@ -280,6 +285,11 @@ def main() -> None:
           f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
     print_table("CPU, HF generate (posttrain.generation)", [single, batched])
     met = print_ratio(single, batched, GOAL_RATIO)
+    report("generation, batched vs one at a time", f"generated tokens/s: batches of {args.batch_size} (A) vs one prompt at a time (B)",
+           tokens_per_s(batched), tokens_per_s(single), unit="tok/s", goal=(">=", GOAL_RATIO),
+           setup=f"posttrain.generation (HF generate), `{MODEL}` fp32 on CPU, {len(conversations)} prompts of "
+                 f"data/local/prefgen_prompts.jsonl, greedy, {args.max_new_tokens} new tokens, batches interleaved",
+           limits="a batch pays about one weight read per decode step for all its rows; rows that end early wait for the longest")
 
     if torch.cuda.is_available() and not args.no_gpu:
         gpu_section(path, tokenizer, conversations, args)

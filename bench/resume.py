@@ -25,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import report  # noqa: E402
+
 from posttrain.dag import stage_configs
 from posttrain.datasets_io import read_jsonl, write_dataset
 from posttrain.models import ModelRef, write_model_ref
@@ -104,6 +107,13 @@ def main() -> None:
     print(f"| fresh start → first step (s) | {statistics.median(fresh):.1f} | {min(fresh):.1f}–{max(fresh):.1f} | |")
     print(f"| ratio resumed / fresh | {statistics.median(resumed) / statistics.median(fresh):.2f} | | ≈ 1 (resume adds little) |")
     print("raw:", json.dumps(kills))
+    setup = f"the `tiny` profile's sft stage as a real process on CPU, {STEPS} steps, a checkpoint every {SAVE_EVERY}, killed (-9) at a random step"
+    for kill, fresh_s in zip(kills, fresh):
+        report("resume: steps recomputed after kill -9", "steps redone after the restart (A) vs the save interval (B); value: A/B",
+               kill["recomputed"], SAVE_EVERY, unit="steps", goal=("<=", 1.0), setup=setup,
+               limits="a kill just before a save loses up to one save interval of steps")
+        report("resume: time to first resumed step", "restart → first resumed step (A) vs fresh start → first step (B)",
+               kill["restart_to_first_step_s"], fresh_s, unit="s", setup=setup)
     if max(recomputed) > SAVE_EVERY:
         sys.exit(f"goal missed: up to {max(recomputed)} steps recomputed, save interval {SAVE_EVERY}")
 

@@ -59,6 +59,7 @@ from pathlib import Path
 
 import torch
 from _collate import CountingCollator
+from _report import report
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -318,6 +319,13 @@ def main() -> None:
               f"{r['padding']:.1%} | {r['peak_mem_gib']:.1f} | {r['mfu']:.1%} | {r['mfu_with_head']:.1%} |")
     for key, why in skipped.items():
         print(f"| {key} {specs[key][0]} | not run: {why} | | | | | | | |")
+    for r in results:
+        if base and r is not base:
+            report(f"GPU SFT, {r['label']} vs TRL defaults ({props.name})", f"real tokens/s: {r['label']} (A) vs TRL defaults, padded + sdpa (B)",
+                   r["tokens_per_s"], base["tokens_per_s"], unit="tok/s",
+                   setup=f"SmolLM2-360M shape, random init, bf16, {args.warmup} warm-up + {args.steps} timed steps")
+        report(f"GPU SFT MFU, {r['label']} ({props.name})", "6·N·real tokens/s (A) vs peak bf16 matmul FLOP/s measured in the same process (B)",
+               r["mfu"] * peak / 1e12, peak / 1e12, unit="TFLOP/s")
     out = {"device": props.name, "peak_bf16_flops": peak, "versions": versions, "conversations": len(convs),
            "length_min": min(lengths), "length_max": max(lengths), "length_mean": mean_len, "warmup": args.warmup, "steps": args.steps,
            "varlen_check_max_diff": varlen_err, "results": results, "skipped": skipped}

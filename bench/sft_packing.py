@@ -76,6 +76,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
 from _collate import CountingCollator  # noqa: E402
+from _report import report  # noqa: E402
 from _timing import StepClock  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
@@ -170,6 +171,30 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{format(min(values), fmt)}–{format(max(values), fmt)}"
 
 
+def report_rows(model: str, pairs: list[tuple[dict, dict]], n: int, ceiling: float, length_ceiling: float) -> None:
+    """One sample per repeat for `make bench` (bench/_report.py)."""
+    setup = (f"TRL SFTTrainer, `{model}` fp32 on CPU, data/local/sft.jsonl with assistant-only loss; packed: BFD rows of "
+             f"{pairs[0][0]['max_length']} tokens, {pairs[0][0]['batch_size']} per step, padding-free; padded: "
+             f"{pairs[0][1]['batch_size']} conversations per step; same real tokens, order alternated per repeat")
+    limits = (f"packing only removes padding, so packed/padded is capped at padded ÷ real tokens = {ceiling:.2f} for this data and "
+              f"batch size, and at longest ÷ mean conversation = {length_ceiling:.2f} at any batch size; 3× needs smoltalk2's length "
+              "spread (and, on a GPU, a varlen attention kernel: bench/sft_gpu.py)")
+    for packed, padded in pairs:
+        if model == "tiny":
+            report(f"SFT packed vs padded ({model})", "real tokens/s: BFD-packed (A) vs padded batches (B)",
+                   packed["tokens_per_s"], padded["tokens_per_s"], unit="tok/s", goal=(">=", GOAL_SPEEDUP), setup=setup, limits=limits)
+            report(f"padding share ({model})", "pad share of processed tokens: packed (A) vs padded (B); value: A",
+                   packed["padding"], padded["padding"], unit="%", ratio=packed["padding"], ratio_unit="%", goal=("<=", GOAL_PACKED_PADDING))
+        else:
+            report(f"training efficiency vs matmul peak ({model})",
+                   "6·N·real tokens/s of packed SFT (A) vs peak fp32 matmul FLOP/s measured in the same process (B)",
+                   6 * n * packed["tokens_per_s"] / 1e9, packed["peak_flops"] / 1e9, unit="GFLOP/s", goal=(">=", GOAL_MFU),
+                   setup=setup + f"; N = {n / 1e6:.1f} M non-embedding parameters",
+                   limits="6N counts only the weight matmuls; on CPU the backward of small matrices, attention over the whole packed "
+                          "row (the block-diagonal mask is applied, not skipped), the optimizer step and the LM head's softmax run "
+                          "well below the large-matmul peak; with the LM head counted the figure is higher (see the log)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", choices=sorted(DEFAULTS))
@@ -252,6 +277,7 @@ def main() -> None:
     if packed[0]["bfd_fill"] is not None:
         print(f"| BFD fill | real tokens / (rows x max_length) | {packed[0]['bfd_fill']:.1%} | | | | info |")
     print("raw:", json.dumps(runs))
+    report_rows(args.model, pairs, n, ceiling, max(lengths) / statistics.mean(lengths))
     missed = [k for k, ok in met.items() if not ok]
     if missed:
         print(f"goals missed: {', '.join(missed)} (see the docstring and the ceiling row for what limits them)")

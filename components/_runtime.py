@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from pathlib import Path
 
 DIRECTORY_ARTIFACTS = ("system.Model", "system.Dataset")
+STAGE_TIMES_ENV = "POSTTRAIN_STAGE_TIMES"
 
 
 def with_variant(config: dict, variant: str) -> dict:
@@ -28,6 +31,14 @@ def with_variant(config: dict, variant: str) -> dict:
     return out
 
 
+def _record_stage_time(stage: str, seconds: float) -> None:
+    """The stage's own time, for bench/orchestration.py (which names the file)."""
+    path = os.environ.get(STAGE_TIMES_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"stage": stage, "seconds": seconds}) + "\n")
+
+
 def run_stage(stage: str, config: str, inputs: dict, outputs: dict, variant: str = ""):
     from posttrain.launch import execute
 
@@ -40,7 +51,9 @@ def run_stage(stage: str, config: str, inputs: dict, outputs: dict, variant: str
         out_paths[name] = path
     # In this process, or (a training stage on several GPUs) once per GPU
     # under `accelerate launch`: posttrain/launch.py decides.
+    started = time.perf_counter()
     result = execute(stage, with_variant(json.loads(config), variant), {k: Path(a.path) for k, a in inputs.items()}, out_paths)
+    _record_stage_time(stage, time.perf_counter() - started)
     for name, meta in result.metadata.items():
         outputs[name].metadata.update(meta)
     if metrics is not None:
