@@ -32,9 +32,9 @@ SCRIPTS = [
     ("sft_packing.py", ["--repeats", "3"], 1, ["--repeats", "1", "--conversations", "32"]),
     # The efficiency row needs a real model (tiny spends its time in the LM head); one thread steadies it.
     ("sft_packing.py", ["--model", "smollm2-135m-instruct", "--repeats", "2", "--threads", "1"], 1,
-     ["--model", "smollm2-135m-instruct", "--repeats", "1", "--conversations", "8", "--threads", "1"]),
+     ["--model", "smollm2-135m-instruct", "--repeats", "1", "--conversations", "16", "--threads", "1"]),
     ("generation.py", [], 3, ["--prompts", "8", "--max-new-tokens", "16"]),
-    ("preference.py", ["--checkpointing", "off"], 3, ["--checkpointing", "off", "--pairs", "8", "--epochs", "1"]),
+    ("preference.py", ["--checkpointing", "off"], 3, ["--checkpointing", "off", "--pairs", "16", "--epochs", "1"]),
     ("resume.py", ["--repeats", "3"], 1, ["--repeats", "1"]),
     ("orchestration.py", ["--repeats", "3"], 1, ["--repeats", "1"]),
     ("sft_gpu.py", [], 1, []),
