@@ -2,7 +2,8 @@
 measures one sample per run, and write BENCHMARKS.md: one table of ratios
 measured side by side (median over the samples, spread min–max), the goal
 and whether it is met, what limits a missed goal, the machine, the library
-versions and the date. Each script's full output goes to build/bench/<script>.log.
+versions and the date. Each script's full output goes to build/bench/<script>.log
+and every sample to build/bench/rows.jsonl.
 
     python bench/run_all.py [--only NAME ...] [--quick] [--out BENCHMARKS.md]
 """
@@ -194,6 +195,8 @@ def main() -> None:
             if not ok:
                 failures.append(script)
         rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    # Every sample, kept for inspection beside the scripts' logs.
+    (log_dir / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = Path(opts.out)
     out.write_text(document(pooled(rows), failures, seconds, opts.quick))
     print(f"wrote {out} ({len(pooled(rows))} rows)")
