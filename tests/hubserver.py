@@ -62,6 +62,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -376,6 +377,14 @@ class FakeHub:
         """The next `times` LFS PUTs read `n_bytes` of the body, then drop the connection (nothing is stored)."""
         with self._lock:
             self._drop_uploads += [n_bytes] * times
+
+    def settled(self, timeout: float = 5.0) -> list[dict]:
+        """The request log once every request has its status: a handler records
+        it after the response is written, so a fast client can finish first."""
+        deadline = time.monotonic() + timeout
+        while any(e["status"] is None for e in self.request_log) and time.monotonic() < deadline:
+            threading.Event().wait(0.01)  # not time.sleep: tests patch it to count backoff sleeps
+        return self.request_log
 
     def fail_downloads_after(self, n_bytes: int, times: int = 1) -> None:
         """The next `times` resolve GETs send the headers and `n_bytes` of the body, then drop the connection."""
