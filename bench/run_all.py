@@ -44,9 +44,10 @@ VERSIONED = ["torch", "transformers", "trl", "accelerate", "peft", "datasets", "
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or platform.machine()) if Path("/proc/cpuinfo").exists() else platform.machine()
-    mem = ""
+    cpu, mem = platform.processor() or platform.machine(), ""
+    if Path("/proc/cpuinfo").exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
     if Path("/proc/meminfo").exists():
         kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
         mem = f", {kib / 2**20:.0f} GiB memory"
@@ -128,16 +129,16 @@ def table(rows: list[dict]) -> str:
     lines = ["| benchmark | what is compared (A vs B) | A | B | ratio A/B (or the value named): median (spread) | samples | goal | met? |",
              "|---|---|---:|---:|---:|---:|---|---|"]
     for r in rows:
-        goal = f"{'≥' if r['goal'][0] == '>=' else '≤'} {r['goal'][1]:g}" if r["goal"] else "info"
-        met = {True: "yes", False: "**no**", None: "–"}[r["met"]]
-        spread = f"{r['lo']:.2f}–{r['hi']:.2f}" if r["n"] > 1 else "one sample"
+        # A share (ratio_unit "%") prints as a percentage, goal included.
         pct = r.get("ratio_unit") == "%"
-        value = f"{r['ratio']:.1%}" if pct else f"{r['ratio']:.2f}"
-        if r["n"] > 1:
-            spread = f"{r['lo']:.1%}–{r['hi']:.1%}" if pct else spread
-        goal = goal if not (pct and r["goal"]) else f"{'≥' if r['goal'][0] == '>=' else '≤'} {r['goal'][1]:.0%}"
+        num = "{:.1%}" if pct else "{:.2f}"
+        goal = "info"
+        if r["goal"]:
+            goal = f"{'≥' if r['goal'][0] == '>=' else '≤'} {format(r['goal'][1], '.0%' if pct else 'g')}"
+        spread = f"{num.format(r['lo'])}–{num.format(r['hi'])}" if r["n"] > 1 else "one sample"
+        met = {True: "yes", False: "**no**", None: "–"}[r["met"]]
         lines.append(f"| {r['name']} | {r['compared']} | {fmt(r['a'], r['unit'])} | {fmt(r['b'], r['unit'])} | "
-                     f"**{value}** ({spread}) | {r['n']} | {goal} | {met} |")
+                     f"**{num.format(r['ratio'])}** ({spread}) | {r['n']} | {goal} | {met} |")
     return "\n".join(lines)
 
 

@@ -110,3 +110,16 @@ def hub(monkeypatch, tmp_path, sleeps):
         huggingface_hub.set_client_factory(_http.default_client_factory)
         server.stop()
     assert not [r for r in server.requests if "xet" in r[1]], "the client went down the Xet path"
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory):
+    """A real S3 server (SeaweedFS, tests/s3server.py) on 127.0.0.1 with a bucket
+    `ckpt`, one per test module, stopped when the module is done."""
+    from s3server import SeaweedS3
+
+    s3 = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    s3.start()
+    s3.client().create_bucket(Bucket="ckpt")
+    yield s3
+    s3.stop()

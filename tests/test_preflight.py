@@ -600,17 +600,6 @@ def test_hub_datasets_resolve_at_their_revision_each_looked_up_once(tmp_path, mo
 # -- an S3 store --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory):
-    from s3server import SeaweedS3
-
-    s3 = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
-    s3.start()
-    s3.client().create_bucket(Bucket="ckpt")
-    yield s3
-    s3.stop()
-
-
 @pytest.mark.parametrize(("store", "env", "why"), [
     ("s3://ckpt/runs", {}, None),
     ("s3://nope/runs", {}, "bucket nope does not exist — create it or fix cluster.store_uri"),

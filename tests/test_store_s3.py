@@ -5,27 +5,17 @@ import time
 
 import pytest
 from conftest import make_checkpoint
-from s3server import SeaweedS3
 
 from posttrain.models import ModelRef, materialize
 from posttrain.store import IncompleteCheckpoint, fetch, open_store
 from posttrain.store.s3 import S3Store
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s3 = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
-    s3.start()
-    s3.client().create_bucket(Bucket="ckpt")
-    yield s3
-    s3.stop()
-
-
 @pytest.fixture
-def s3_env(server, monkeypatch):
-    for k, v in server.env().items():
+def s3_env(seaweed, monkeypatch):
+    for k, v in seaweed.env().items():
         monkeypatch.setenv(k, v)
-    return server
+    return seaweed
 
 
 def test_put_list_get_delete(s3_env, tmp_path):

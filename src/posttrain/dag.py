@@ -41,6 +41,7 @@ from posttrain.components.select_best import select_best
 from posttrain.components.sft import sft
 from posttrain.components.soup import soup
 from posttrain.knobs import Knob, docstring, recipe_knobs, render, with_sentinels
+from posttrain.launch import TRAINING_STAGES
 from posttrain.recipe import Recipe, Resources
 from posttrain.stages.context import STORE_ENV
 from posttrain.trainjob import CACHE_ENV, CACHE_MOUNT
@@ -167,7 +168,7 @@ def eval_labels(recipe: Recipe) -> list[str]:
 def training_stage(task: str) -> str | None:
     """The training stage a task runs (preference_train_3 -> preference_train), if any."""
     stage = task.rstrip("0123456789").rstrip("_")
-    return stage if stage in ("midtrain", "sft", "preference_train") else None
+    return stage if stage in TRAINING_STAGES else None
 
 
 def launcher_config(recipe: Recipe, stage: str | None) -> dict | None:
@@ -201,7 +202,6 @@ def preflight_cluster_config(recipe: Recipe) -> dict:
         ],
         "secrets": [s.model_dump(mode="json") for s in c.secrets],
         "store_uri": c.store_uri,
-        "publish": recipe.publish.enabled,
         "trainjob_runtime": c.trainjob_runtime if any(n > 1 for n in c.nodes.values()) else None,
     }
 

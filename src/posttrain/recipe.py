@@ -573,7 +573,7 @@ class ClusterConfig(Strict):
     # Default: images/lock.json, written by `make images` (the one place image
     # references come from); a recipe may name its own.
     images: dict[ImageKind, str] = Field(default_factory=locked_images)
-    resources: dict[Literal["train", "generate", "cpu"], Resources] = {
+    resources: dict[ImageKind, Resources] = {
         "train": Resources(),
         "generate": Resources(),
         "cpu": Resources(),
