@@ -22,6 +22,16 @@ from posttrain.launch import is_main_process, result_json
 from posttrain.stages.context import StageContext
 
 
+def _leave_process_group() -> None:
+    """Tear the launched ranks' process group down before exit: left to
+    interpreter shutdown, its threads can abort a rank ("terminate called
+    without an active exception") after the stage has succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(spec_path: str) -> None:
     rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s {rank}%(name)s: %(message)s", stream=sys.stderr)
@@ -40,6 +50,7 @@ def main(spec_path: str) -> None:
     finally:
         if not shared:
             ctx.cleanup()
+    _leave_process_group()
     if not is_main_process():
         return
     if spec.get("result"):
