@@ -7,6 +7,7 @@ IMAGE_KIND = {
     "preflight": "cpu",
     "pin-base": "cpu",
     "prepare-data": "cpu",
+    "tokenize": "cpu",
     "midtrain": "train",
     "sft": "train",
     "prefgen": "generate",
@@ -17,3 +18,5 @@ IMAGE_KIND = {
     "select-best": "cpu",
     "publish": "cpu",
 }
+# Components whose pods are sized by another entry of cluster.resources than their image kind.
+RESOURCE_KIND = {"prepare-data": "data", "tokenize": "data"}

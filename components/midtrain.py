@@ -5,8 +5,8 @@ from posttrain.components._images import DEFAULTS
 
 
 @dsl.component(base_image=DEFAULTS["train"], install_kfp_package=False)
-def midtrain(config: str, data: Input[Dataset], policy: Input[Model], model: Output[Model], metrics: Output[Metrics]):
+def midtrain(config: str, tokenized: Input[Dataset], policy: Input[Model], model: Output[Model], metrics: Output[Metrics]):
     """Train the policy with TRL's SFTTrainer (midtrain)."""
     from posttrain.components._runtime import run_stage
 
-    run_stage("midtrain", config, {"data": data, "policy": policy}, {"model": model, "metrics": metrics})
+    run_stage("midtrain", config, {"tokenized": tokenized, "policy": policy}, {"model": model, "metrics": metrics})

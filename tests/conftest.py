@@ -123,3 +123,49 @@ def seaweed(tmp_path_factory):
     s3.client().create_bucket(Bucket="ckpt")
     yield s3
     s3.stop()
+
+
+# -- prepared and tokenized data for the training stages ----------------------------
+
+
+def write_prepared(dest: Path, rows: list[dict], kind: str = "sft", source: str = "test") -> Path:
+    """A prepare_data artifact (Arrow shards) of raw JSONL-style rows."""
+    from posttrain.data.artifacts import write_dataset
+    from posttrain.data.rows import MIDTRAIN_FEATURES, SFT_FEATURES, reasoning_mode, sft_out
+
+    if kind == "sft":
+        stored = [sft_out(r, r.get("id", f"{source}-{i}"), source, reasoning_mode(r)) for i, r in enumerate(rows)]
+        write_dataset(dest, stored, {"sources": [{"name": source}]}, features=SFT_FEATURES)
+    else:
+        stored = [{"id": str(r.get("id", i)), "source": source, "text": r["text"]} for i, r in enumerate(rows)]
+        write_dataset(dest, stored, {"sources": [{"name": source}]}, features=MIDTRAIN_FEATURES)
+    return dest
+
+
+def write_tokenized(dest: Path, rows: list[dict], recipe, kind: str = "sft", store: Path | None = None) -> Path:
+    """The `tokenized` input of a training stage: `rows` prepared, then the
+    tokenize stage run on them with the recipe's settings (into `store`,
+    default dest/store). Returns the artifact folder."""
+    from posttrain.dag import stage_configs
+    from posttrain.models import ModelRef, write_model_ref
+    from posttrain.stages import tokenize
+    from posttrain.stages.context import STORE_ENV, StageContext
+
+    dest.mkdir(parents=True, exist_ok=True)
+    write_prepared(dest / "prepared", rows, kind)
+    write_model_ref(dest / "base", ModelRef(uri=recipe.base_model.uri))
+    old = os.environ.get(STORE_ENV)
+    os.environ[STORE_ENV] = f"file://{store or dest / 'store'}"
+    try:
+        ctx = StageContext.create(stage_configs(recipe)[f"tokenize_{kind}"], {"data": dest / "prepared", "base_model": dest / "base"},
+                                  {"tokenized": dest / "tokenized"})
+        try:
+            tokenize.run(ctx)
+        finally:
+            ctx.cleanup()
+    finally:
+        if old is None:
+            os.environ.pop(STORE_ENV)
+        else:
+            os.environ[STORE_ENV] = old
+    return dest / "tokenized"

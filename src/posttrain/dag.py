@@ -1,7 +1,8 @@
 """The DAG builder: a validated Recipe becomes a KFP pipeline.
 
-preflight ─▶ pin_base, prepare_data ─▶ [midtrain] ─▶ sft ─▶ chunk chain ─▶ [soup] ─▶
-select_best ─▶ If(gate) publish / Else the run ends "gate not passed"
+preflight ─▶ pin_base, prepare_data ─▶ tokenize_sft, [tokenize_midtrain] ─▶ [midtrain] ─▶
+sft ─▶ chunk chain ─▶ [soup] ─▶ select_best ─▶ If(gate) publish / Else the run ends
+"gate not passed"
 
 chunk chain, for k in 1..K: prefgen_k ─▶ preference_train_k ─▶ evaluate
 (`prefgen.regenerate`: chunk k samples policy k-1; otherwise every chunk's
@@ -27,7 +28,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Markdown
 
 from posttrain import components as components_pkg
-from posttrain.components import IMAGE_KIND
+from posttrain.components import IMAGE_KIND, RESOURCE_KIND
 from posttrain.components.evaluate import evaluate
 from posttrain.components.merge_boards import merge_boards
 from posttrain.components.midtrain import midtrain
@@ -40,6 +41,7 @@ from posttrain.components.publish import publish
 from posttrain.components.select_best import select_best
 from posttrain.components.sft import sft
 from posttrain.components.soup import soup
+from posttrain.components.tokenize import tokenize
 from posttrain.knobs import Knob, docstring, recipe_knobs, render, with_sentinels
 from posttrain.launch import TRAINING_STAGES
 from posttrain.recipe import Recipe, Resources
@@ -86,6 +88,10 @@ def _common(recipe: Recipe, task: str) -> dict:
 
 def _row_limit(cfg) -> int | None:
     return None if cfg.packing and cfg.packing_strategy == "wrapped" else cfg.max_length
+
+
+def _tokenize_fields(train: dict, *extra: str) -> dict:
+    return {k: train[k] for k in ("max_length", "packing", "packing_strategy", *extra)}
 
 
 def eval_sources(recipe: Recipe) -> list[dict]:
@@ -140,6 +146,11 @@ def stage_configs(recipe: Recipe, knobs: list[Knob] | None = None) -> dict[str, 
             "midtrain": {"max_length": _row_limit(recipe.midtrain), "chat_template": r["midtrain"]["chat_template"]},
         },
         "midtrain": {**_common(recipe, "midtrain"), "train": r["midtrain"]},
+        # Only what decides the token ids and packs: a changed learning rate reuses them.
+        "tokenize_sft": {**_common(recipe, "tokenize_sft"), "kind": "sft", "num_proc": r["data"]["num_proc"],
+                         "train": _tokenize_fields(r["sft"], "assistant_only_loss", "template_lint_rows")},
+        "tokenize_midtrain": {**_common(recipe, "tokenize_midtrain"), "kind": "midtrain", "num_proc": r["data"]["num_proc"],
+                              "train": _tokenize_fields(r["midtrain"])},
         "sft": {**_common(recipe, "sft"), "train": r["sft"]},
         "select_best": {**_common(recipe, "select_best"), "select": r["select"]},
         "merge_boards": _common(recipe, "merge_boards"),
@@ -206,12 +217,13 @@ def preflight_cluster_config(recipe: Recipe) -> dict:
     }
 
 
-def _apply_cluster(task: dsl.PipelineTask, recipe: Recipe, kind: str, *, launches_trainjob: bool, name: str) -> None:
+def _apply_cluster(task: dsl.PipelineTask, recipe: Recipe, kind: str, *, launches_trainjob: bool, name: str, sizing: str) -> None:
     # A task that launches a multi-node TrainJob only follows it: it runs the
     # train image on a CPU pod; the GPUs are requested by the TrainJob's nodes.
-    res: Resources = recipe.cluster.resources["cpu" if launches_trainjob else kind]
+    resources = recipe.cluster.resources
+    res: Resources = resources["cpu" if launches_trainjob else kind] if sizing != "data" else resources.get("data", resources["cpu"])
     # Its deadline and retries are the training stage's: it lives as long as the TrainJob.
-    limits: Resources = recipe.cluster.resources[kind]
+    limits: Resources = resources[kind] if sizing != "data" else res
     task.set_container_image(recipe.cluster.images[kind])
     if res.gpus:
         task.set_accelerator_type(res.accelerator).set_accelerator_limit(res.gpus)
@@ -261,8 +273,9 @@ def build_pipeline(recipe: Recipe, *, cluster: bool):
         t = component(config=rendered[name], **inputs)
         t.set_display_name(name.replace("_", "-"))
         if cluster:
-            _apply_cluster(t, recipe, IMAGE_KIND[component.component_spec.name], name=name,
-                           launches_trainjob="launcher" in stage_cfgs.get(name, {}))
+            component_name = component.component_spec.name
+            _apply_cluster(t, recipe, IMAGE_KIND[component_name], name=name, launches_trainjob="launcher" in stage_cfgs.get(name, {}),
+                           sizing=RESOURCE_KIND.get(component_name, IMAGE_KIND[component_name]))
         return t
 
     def chunk_chain(board, sft_model, prompts, shared_pairs: dict, variant: str = ""):
@@ -289,10 +302,14 @@ def build_pipeline(recipe: Recipe, *, cluster: bool):
         data = task(prepare_data, "prepare_data", base_model=pin.outputs["base_model"]).after(checks)
         policy = pin.outputs["base_model"]
         board = task(evaluate, "evaluate_base", model=policy, board=pin.outputs["scoreboard"]).outputs["scoreboard"]
+        # Tokenised and packed once, on the CPU pool, from the base model's tokenizer
+        # (the training stages check that their policy's is the same).
+        sft_data = task(tokenize, "tokenize_sft", data=data.outputs["sft"], base_model=pin.outputs["base_model"]).outputs["tokenized"]
         if recipe.midtrain.enabled:
-            policy = task(midtrain, "midtrain", data=data.outputs["midtrain"], policy=policy).outputs["model"]
+            mid_data = task(tokenize, "tokenize_midtrain", data=data.outputs["midtrain"], base_model=pin.outputs["base_model"])
+            policy = task(midtrain, "midtrain", tokenized=mid_data.outputs["tokenized"], policy=policy).outputs["model"]
             board = task(evaluate, "evaluate_midtrain", model=policy, board=board).outputs["scoreboard"]
-        sft_model = task(sft, "sft", data=data.outputs["sft"], policy=policy).outputs["model"]
+        sft_model = task(sft, "sft", tokenized=sft_data, policy=policy).outputs["model"]
         board = task(evaluate, "evaluate_sft", model=sft_model, board=board).outputs["scoreboard"]
         prompts = data.outputs["prompts"]
         # Pairs that do not depend on the chunk's policy are generated once, up

@@ -55,7 +55,8 @@ class ModelSource(Strict):
 
 
 class DataSource(Strict):
-    """A dataset: a local JSONL file (`path`) or a Hub dataset (`hub`)."""
+    """A dataset: a local file or folder (`path`: JSON lines, Parquet, or an
+    Arrow folder written by save_to_disk) or a Hub dataset (`hub`)."""
 
     name: str
     path: str | None = None
@@ -64,6 +65,9 @@ class DataSource(Strict):
     split: str = "train"
     revision: str = "main"
     max_examples: PositiveInt | None = None
+    # Hub only: read the first max_examples rows as a stream instead of
+    # downloading and preparing the whole set (a first look at a very large one).
+    streaming: bool = False
     # Mixture by tokens: `weight` is this source's share of its group's token
     # budget (weights of a group are normalised over the sources that give
     # one); `tokens` is an absolute budget. A source with neither is taken as
@@ -77,12 +81,16 @@ class DataSource(Strict):
             raise ValueError("give exactly one of `path` (a local JSONL file) or `hub` (a Hub dataset id)")
         if self.weight is not None and self.tokens is not None:
             raise ValueError("give at most one of `weight` (share of the group's tokens) or `tokens` (absolute token budget)")
+        if self.streaming and (self.hub is None or self.max_examples is None):
+            raise ValueError("`streaming: true` reads the first `max_examples` rows of a Hub dataset: give `hub` and `max_examples`")
         return self
 
 
 class DataConfig(Strict):
     # prepare_data fails when more than this share of a dataset's rows is unusable.
     max_invalid_fraction: Annotated[float, Field(ge=0, le=1)] = 0.01
+    # Worker processes of prepare_data and tokenize (None: the CPUs the pod may use).
+    num_proc: PositiveInt | None = None
     midtrain: list[DataSource] = []
     sft: list[DataSource]
     prompts: list[DataSource]
@@ -566,6 +574,9 @@ class SecretRef(Strict):
 
 
 ImageKind = Literal["train", "generate", "cpu"]
+# Resources are set per image kind, plus `data` for the data tasks (prepare_data,
+# tokenize: the cpu image, sized for num_proc workers; `cpu` when not given).
+ResourceKind = Literal["train", "generate", "cpu", "data"]
 TrainingStage = Literal["midtrain", "sft", "preference_train"]
 
 
@@ -573,7 +584,7 @@ class ClusterConfig(Strict):
     # Default: images/lock.json, written by `make images` (the one place image
     # references come from); a recipe may name its own.
     images: dict[ImageKind, str] = Field(default_factory=locked_images)
-    resources: dict[ImageKind, Resources] = {
+    resources: dict[ResourceKind, Resources] = {
         "train": Resources(),
         "generate": Resources(),
         "cpu": Resources(),
@@ -707,15 +718,21 @@ def _pin_local_file(entry: dict, field: str, base_dir: Path, source: str) -> Non
     """Resolve a local dataset path against the repo and pin it by content hash."""
     if entry["path"] is None:
         return
+    from posttrain.data.sources import SourceError, content_sha256, local_kind
+
     path = (base_dir / entry["path"]).resolve()
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(
             f"{source}: invalid recipe\n  {field}.path = {entry['path']!r}: "
-            f"file not found (looked for {path}); give a JSONL file relative to the repository root"
+            f"not found (looked for {path}); give a JSON-lines or Parquet file, or an Arrow folder, relative to the repository root"
         )
+    try:
+        local_kind(path)
+    except SourceError as e:
+        raise RecipeError(f"{source}: invalid recipe\n  {field}.path = {entry['path']!r}: {e}") from None
     entry["path"] = str(path)
-    # A local file's revision is its content hash, so caches see edits.
-    entry["revision"] = "sha256:" + file_sha256(path)
+    # A local source's revision is its content hash, so caches see edits.
+    entry["revision"] = "sha256:" + content_sha256(path)
 
 
 def _check_local_files(recipe: Recipe, base_dir: Path, source_name: str) -> Recipe:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posttrain.datasets_io import load_source, read_jsonl
+from posttrain.data.sources import read_rows
+from posttrain.datasets_io import read_jsonl
 
 SHIPPED = Path(__file__).resolve().parent / "data"
 # Suite -> (recipe field with its data source, file shipped with posttrain).
@@ -27,5 +28,5 @@ def entry(suite: str, eval_config: dict) -> dict:
 
 
 def load(ref: dict, limit: int | None = None) -> list[dict]:
-    rows = read_jsonl(SHIPPED / ref["shipped"]) if ref.get("shipped") else load_source(ref)
+    rows = read_jsonl(SHIPPED / ref["shipped"]) if ref.get("shipped") else read_rows(ref)
     return rows[:limit] if limit else rows

@@ -20,7 +20,7 @@ import logging
 from functools import cache, cached_property
 from pathlib import Path
 
-from posttrain.datasets_io import read_dataset, write_dataset
+from posttrain.datasets_io import read_records, write_records
 from posttrain.engines import HFGenerator, VLLMGenerator, choose_engine
 from posttrain.eval import ifeval, lmeval, persona, sets, thinkfollow, vibe
 from posttrain.generation import reasoning_kwargs
@@ -205,16 +205,16 @@ def run(ctx: StageContext) -> StageResult:
         rows, suite_metrics = run_suite(ctx, cfg, ckpt, suite, cache_prefix)
         samples += rows
         metrics.update(suite_metrics)
-    board = read_dataset(ctx.inputs["board"])
+    board = read_records(ctx.inputs["board"])
     if label not in ("base", "midtrain", "sft"):
         metrics.update(kl_to_sft(cfg, ckpt, board, samples))
     # A rate with nothing to count (no /think turn drawn) is left out, not reported as NaN.
     metrics = {k: v for k, v in metrics.items() if v == v}
-    write_dataset(ctx.outputs["samples"], samples, {"label": label, "model": ref.uri, "suites": cfg.suites_for(label)})
+    write_records(ctx.outputs["samples"], samples, {"label": label, "model": ref.uri, "suites": cfg.suites_for(label)})
     row = {"label": label, "model": json.loads(ref.to_json()), "metrics": metrics, "train": training_facts(ckpt),
            "vibe": [s for s in samples if s["suite"] == "vibe"]}
     board = board + [row]
-    write_dataset(ctx.outputs["scoreboard"], board, {"labels": [r["label"] for r in board]})
+    write_records(ctx.outputs["scoreboard"], board, {"labels": [r["label"] for r in board]})
     return StageResult(metrics=metrics, metadata={"samples": {"label": label, "rows": len(samples)}})
 
 

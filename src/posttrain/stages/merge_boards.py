@@ -3,7 +3,7 @@ carries the rows from before the sweep (base, midtrain, sft): kept once."""
 
 from __future__ import annotations
 
-from posttrain.datasets_io import read_dataset, write_dataset
+from posttrain.datasets_io import read_records, write_records
 from posttrain.stages.context import StageContext, StageResult
 
 
@@ -19,6 +19,6 @@ def merge(boards: list[list[dict]]) -> list[dict]:
 
 def run(ctx: StageContext) -> StageResult:
     names = sorted(ctx.inputs, key=lambda n: int(n.rsplit("-", 1)[-1]))
-    board = merge([read_dataset(ctx.inputs[n]) for n in names])
-    write_dataset(ctx.outputs["scoreboard"], board, {"labels": [r["label"] for r in board]})
+    board = merge([read_records(ctx.inputs[n]) for n in names])
+    write_records(ctx.outputs["scoreboard"], board, {"labels": [r["label"] for r in board]})
     return StageResult(metrics={"merge.rows": float(len(board))})

@@ -5,7 +5,7 @@ new, which would defeat the cache."""
 
 from __future__ import annotations
 
-from posttrain.datasets_io import write_dataset
+from posttrain.datasets_io import write_records
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.stages.context import StageContext, StageResult
 
@@ -13,5 +13,5 @@ from posttrain.stages.context import StageContext, StageResult
 def run(ctx: StageContext) -> StageResult:
     ref = ModelRef(uri=ctx.config["base_model"]["uri"], revision=ctx.config["base_model"]["revision"])
     write_model_ref(ctx.outputs["base_model"], ref)
-    write_dataset(ctx.outputs["scoreboard"], [], {"labels": []})
+    write_records(ctx.outputs["scoreboard"], [], {"labels": []})
     return StageResult(metadata={"base_model": {"uri": ref.uri, "revision": ref.revision}})

@@ -31,7 +31,7 @@ import logging
 
 from datasets import Dataset
 
-from posttrain.datasets_io import read_dataset
+from posttrain.data.artifacts import read_dataset
 from posttrain.generation import reasoning_kwargs
 from posttrain.models import ModelRef, read_model_ref, write_model_ref
 from posttrain.preference_losses import hyperparameters, loss_args, loss_spec, paired_to_kto, resolved_lr, trl_classes
@@ -97,8 +97,10 @@ def pair_rows(ctx: StageContext) -> list[dict]:
     """The pairs as the trainers read them. When the pairs say their reasoning
     mode, every row gets `chat_template_kwargs` (TRL renders the row with them);
     a row without a mode gets none ({}: the template's default)."""
-    rows = read_dataset(ctx.inputs["pairs"])
-    out = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+    pairs = read_dataset(ctx.inputs["pairs"])
+    columns = [c for c in ("prompt", "chosen", "rejected", "reasoning_mode") if c in pairs.column_names]
+    rows = pairs.select_columns(columns).to_list()
+    out = [{k: _without_nulls(r[k]) for k in ("prompt", "chosen", "rejected")} for r in rows]
     modes = [r.get("reasoning_mode") for r in rows]
     if any(modes):
         for row, mode in zip(out, modes, strict=True):
@@ -106,8 +108,11 @@ def pair_rows(ctx: StageContext) -> list[dict]:
     return out
 
 
-def pairs_dataset(ctx: StageContext) -> Dataset:
-    return Dataset.from_list(pair_rows(ctx))
+def _without_nulls(turns):
+    """Messages as written (Arrow gives every message every field of the column's struct)."""
+    if isinstance(turns, list):
+        return [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m for m in turns]
+    return turns
 
 
 def training_data(cfg: PreferenceConfig, ctx: StageContext) -> tuple[Dataset, dict, dict[str, float]]:

@@ -22,7 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from posttrain import decontam
-from posttrain.datasets_io import read_dataset, write_dataset
+from posttrain.data.artifacts import read_dataset, write_dataset
+from posttrain.data.rows import prompt_row
 from posttrain.engines import open_generator
 from posttrain.eval import sets
 from posttrain.generation import reasoning_kwargs, split_reasoning
@@ -83,13 +84,26 @@ def stratum(row: dict) -> tuple:
 
 
 def chunk_rows(rows: list[dict], chunk: int, chunks: int, seed: int) -> list[dict]:
+    """Chunk `chunk` (1-based) of `chunks` of a list of rows (chunk_indices)."""
+    return [rows[i] for i in chunk_indices([stratum(r) for r in rows], chunk, chunks, seed)]
+
+
+def chunk_prompts(prompts, chunk: int, chunks: int, seed: int) -> list[dict]:
+    """This chunk's rows of the prompts Dataset: strata from its columns, then
+    only the chunk's rows read (as generators and graders take them)."""
+    columns = [c for c in ("source", "reasoning_mode", "chat_template_kwargs") if c in prompts.column_names]
+    strata = [stratum(r) for r in prompts.select_columns(columns).to_list()] if columns else [stratum({})] * len(prompts)
+    return [prompt_row(r) for r in prompts.select(chunk_indices(strata, chunk, chunks, seed)).to_list()]
+
+
+def chunk_indices(strata: list[tuple], chunk: int, chunks: int, seed: int) -> list[int]:
     """Chunk `chunk` (1-based) of `chunks`: disjoint, together complete, and
     stratified: each stratum's rows, shuffled with the seed, are dealt round
     robin over the chunks, the deal carrying on from one stratum to the next
     so chunk sizes differ by at most one."""
     groups: dict[tuple, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(stratum(row), []).append(i)
+    for i, key in enumerate(strata):
+        groups.setdefault(key, []).append(i)
     rng = random.Random(seed)
     picked, position = [], 0
     for key in sorted(groups):
@@ -99,7 +113,7 @@ def chunk_rows(rows: list[dict], chunk: int, chunks: int, seed: int) -> list[dic
             if position % chunks == chunk - 1:
                 picked.append(i)
             position += 1
-    return [rows[i] for i in picked]
+    return picked
 
 
 def prompt_doc(row: dict) -> tuple[dict | None, str | None]:
@@ -239,7 +253,7 @@ def _metric_name(reason: str) -> str:
 def run(ctx: StageContext) -> StageResult:
     cfg = PrefgenConfig.model_validate(ctx.config["prefgen"])
     chunk, chunks, seed = ctx.config["chunk"], ctx.config["chunks"], ctx.config["seed"]
-    rows = chunk_rows(read_dataset(ctx.inputs["prompts"]), chunk, chunks, seed)
+    rows = chunk_prompts(read_dataset(ctx.inputs["prompts"]), chunk, chunks, seed)
     if cfg.max_prompts_per_chunk:
         rows = rows[: cfg.max_prompts_per_chunk]
     tally = Tally()

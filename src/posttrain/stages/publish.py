@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from posttrain.datasets_io import read_dataset
+from posttrain.datasets_io import read_records
 from posttrain.models import ModelRef, materialize, read_model_ref, write_model_ref
 from posttrain.stages.context import StageContext, StageResult
 from posttrain.stages.evaluate import results_table
@@ -23,7 +23,7 @@ def model_card(recipe: str, profile: str, ref: ModelRef, board: list[dict], sele
 def run(ctx: StageContext) -> StageResult:
     ref = read_model_ref(ctx.inputs["model"])
     results = ctx.inputs["results"]
-    board = read_dataset(results)
+    board = read_records(results)
     selected = json.loads((results / "dataset.json").read_text())["selected"]
     local = ctx.workdir / "release"
     shutil.copytree(materialize(ref), local, ignore=shutil.ignore_patterns("manifest.json"))

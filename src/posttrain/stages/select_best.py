@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from posttrain import chunk_curves
-from posttrain.datasets_io import read_dataset, write_dataset
+from posttrain.datasets_io import read_records, write_records
 from posttrain.eval import vibe
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.recipe import SelectConfig
@@ -97,7 +97,7 @@ def curve_rows(board: list[dict]) -> list[dict]:
 
 def run(ctx: StageContext) -> StageResult:
     cfg = SelectConfig.model_validate(ctx.config["select"])
-    board = read_dataset(ctx.inputs["scoreboard"])
+    board = read_records(ctx.inputs["scoreboard"])
     best, sft, passed = choose(board, cfg)
     write_model_ref(ctx.outputs["model"], ModelRef(**best["model"]))
 
@@ -118,7 +118,7 @@ def run(ctx: StageContext) -> StageResult:
         f"## Preference chunks\n\n{chunk_curves.curves_markdown(series, objective=values)}\n"
     )
     ctx.outputs["vibe"].write_text(vibe.page(board, f"Vibe test: {ctx.config['recipe']}, every evaluated checkpoint"))
-    write_dataset(ctx.outputs["results"], board, {"selected": best["label"], "gate_passed": passed, "objective": cfg.objective})
+    write_records(ctx.outputs["results"], board, {"selected": best["label"], "gate_passed": passed, "objective": cfg.objective})
     return StageResult(
         metrics={"selected.objective": objective(best, cfg.objective), "sft.objective": objective(sft, cfg.objective),
                  "gate_passed": float(passed), **{"selected." + k: v for k, v in best["metrics"].items()}},

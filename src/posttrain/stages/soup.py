@@ -10,7 +10,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from posttrain.datasets_io import read_dataset
+from posttrain.datasets_io import read_records
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.recipe import SelectConfig
 from posttrain.stages.context import StageContext, StageResult
@@ -59,7 +59,7 @@ def average(dirs: list[Path], out: Path) -> None:
 
 def run(ctx: StageContext) -> StageResult:
     cfg = SelectConfig.model_validate(ctx.config["select"])
-    board = read_dataset(ctx.inputs["scoreboard"])
+    board = read_records(ctx.inputs["scoreboard"])
     chunks = [r for r in ranked(board, cfg.objective) if "chunk-" in r["label"]]
     picked = chunks[: cfg.soup.top_k]
     if len(picked) < 2:

@@ -3,8 +3,11 @@ budget from its recipe `weight` / `tokens`, and resample it to meet that
 budget, deterministically from the recipe seed and the source name.
 
 The planning functions (`target_tokens`, `resample`, `plan_group`) and the
-statistics (`summarise`, `stats_table`) are pure: they take token counts, not
-a tokenizer. Only `count_conversation_tokens` / `count_text_tokens` use one.
+statistics (`summarise`, `stats_table`) are pure: they take token counts (numpy
+arrays, one entry per usable row), not a tokenizer, and return index arrays,
+so a source of millions of rows costs a few bytes a row here and never a
+Python object per row. Only `count_conversation_tokens` / `count_text_tokens`
+use a tokenizer (on one batch of rows at a time).
 
 Budgets and resampling are written by hand: `datasets` has
 `interleave_datasets(probabilities=...)`, but that mixes by rows, not tokens,
@@ -17,8 +20,11 @@ import hashlib
 import json
 import random
 import re
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 # Rows per tokenizer call: large enough for the fast tokenizer's batching,
 # small enough that one batch of long conversations stays in memory.
@@ -137,32 +143,51 @@ def _take(order: Sequence[int], counts: Sequence[int], budget: int) -> list[int]
     for i in order:
         if acc >= budget:
             break
-        if acc + counts[i] - budget > budget - acc:
+        c = counts[i]
+        if acc + c - budget > budget - acc:
             continue
         taken.append(i)
-        acc += counts[i]
+        acc += c
     return taken
 
 
-def resample(counts: Sequence[int], target: int | None, *, seed: int, key: str) -> list[tuple[int, int]]:
-    """(row index, pass) pairs meeting `target` tokens. Down-sampling: a seeded
-    shuffle, then rows until the budget is reached. Up-sampling: whole passes
-    over every row, then a seeded partial pass. Rows keep their file order
-    within a pass; pass 1 is the original, pass k > 1 a repeat."""
+@dataclass(frozen=True)
+class Picks:
+    """The rows a source contributes, in output order: `rows[j]` is a usable-row
+    index and `passes[j]` its pass (1: the original, k > 1: the k-th repeat)."""
+
+    rows: np.ndarray
+    passes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(zip(self.rows.tolist(), self.passes.tolist(), strict=True))
+
+
+def resample(counts: Sequence[int], target: int | None, *, seed: int, key: str) -> Picks:
+    """The rows meeting `target` tokens. Down-sampling: a seeded shuffle, then
+    rows until the budget is reached. Up-sampling: whole passes over every row,
+    then a seeded partial pass. Rows keep their file order within a pass."""
+    counts = np.asarray(counts, dtype=np.int64)
     n = len(counts)
     if target is None:
-        return [(i, 1) for i in range(n)]
-    total = sum(counts)
+        return Picks(np.arange(n, dtype=np.int64), np.ones(n, dtype=np.int32))
+    total = int(counts.sum())
     if n == 0 or total <= 0:
         if target > 0:
             raise ValueError(f"{key}: a token budget of {target} but no usable rows to sample from")
-        return []
+        return Picks(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32))
     full = target // total
     rest = target - full * total
-    order = list(range(n))
+    # random.shuffle on a compact array: the same permutation as on a list, 8 bytes a row.
+    order = array("q", range(n))
     rng_for(seed, key).shuffle(order)
-    partial = sorted(_take(order, counts, rest)) if rest else []
-    return [(i, k) for k in range(1, full + 1) for i in range(n)] + [(i, full + 1) for i in partial]
+    partial = np.sort(np.asarray(_take(order, counts.tolist(), rest), dtype=np.int64)) if rest else np.zeros(0, dtype=np.int64)
+    rows = np.concatenate([np.tile(np.arange(n, dtype=np.int64), full), partial])
+    passes = np.concatenate([np.repeat(np.arange(1, full + 1, dtype=np.int32), n), np.full(len(partial), full + 1, dtype=np.int32)])
+    return Picks(rows, passes)
 
 
 def repeat_id(row_id, k: int) -> str:
@@ -174,7 +199,7 @@ def repeat_id(row_id, k: int) -> str:
 class SourcePlan:
     name: str
     target: int | None
-    picks: list[tuple[int, int]]
+    picks: Picks
     rows_before: int
     tokens_before: int
     tokens_after: int
@@ -198,12 +223,13 @@ def plan_group(
 ) -> list[SourcePlan]:
     """Budgets and resampling for one data group; `counts[j]` are the tokens
     of source j's usable rows."""
-    before = [sum(c) for c in counts]
+    counts = [np.asarray(c, dtype=np.int64) for c in counts]
+    before = [int(c.sum()) for c in counts]
     targets = target_tokens(sources, before, group_tokens)
     plans = []
     for source, c, target in zip(sources, counts, targets, strict=True):
         picks = resample(c, target, seed=seed, key=f"{group}/{source['name']}")
-        plans.append(SourcePlan(source["name"], target, picks, len(c), sum(c), sum(c[i] for i, _ in picks)))
+        plans.append(SourcePlan(source["name"], target, picks, len(c), int(c.sum()), int(c[picks.rows].sum())))
     return plans
 
 
@@ -212,22 +238,24 @@ def plan_group(
 MODES = ("think", "no_think")
 
 
-def summarise(name: str, rows: Sequence[tuple[str, RowTokens, int]]) -> list[dict]:
-    """One stats entry per reasoning mode of a source, from (mode, tokens,
-    turns) per training row. `turns` counts assistant turns."""
+def summarise(name: str, modes: Sequence[str], context: Sequence[int], response: Sequence[int], turns: Sequence[int]) -> list[dict]:
+    """One stats entry per reasoning mode of a source, from per-training-row
+    arrays: reasoning mode, context and response tokens, assistant turns."""
+    modes = np.asarray(modes, dtype=object)
+    context, response, turns = (np.asarray(a, dtype=np.int64) for a in (context, response, turns))
+    present = set(modes.tolist())
     out = []
-    modes = [m for m in MODES if any(r[0] == m for r in rows)] + sorted({r[0] for r in rows} - set(MODES))
-    for mode in modes:
-        subset = [r for r in rows if r[0] == mode]
+    for mode in [m for m in MODES if m in present] + sorted(present - set(MODES)):
+        sel = modes == mode
         out.append(
             {
                 "name": name,
                 "mode": mode,
-                "examples": len(subset),
-                "tokens": sum(t.total for _, t, _ in subset),
-                "context": sum(t.context for _, t, _ in subset),
-                "response": sum(t.response for _, t, _ in subset),
-                "turns": sum(n for _, _, n in subset),
+                "examples": int(sel.sum()),
+                "tokens": int(context[sel].sum() + response[sel].sum()),
+                "context": int(context[sel].sum()),
+                "response": int(response[sel].sum()),
+                "turns": int(turns[sel].sum()),
             }
         )
     return out

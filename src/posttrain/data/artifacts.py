@@ -1,0 +1,70 @@
+"""Dataset artifacts: Arrow shards (`datasets` save_to_disk, at most
+SHARD_SIZE each) plus `dataset.json` (rows, tokens, resolved source
+revisions, per-source tables, and `digest`, the content hash of the shards).
+Readers memory-map the shards (`load_from_disk`): a training rank holds one
+batch in memory, not the dataset.
+
+Small artifacts that are read whole (scoreboards, eval samples) stay JSON
+lines: posttrain.datasets_io."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+INFO_FILE = "dataset.json"
+SHARDS = "shards"
+SHARD_SIZE = "500MB"
+
+
+def shards_digest(folder: Path) -> str:
+    """Content hash of a saved dataset's Arrow shards, in order."""
+    from posttrain.store import sha256_file
+
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.arrow")):
+        h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def save_shards(dataset, folder: Path, num_proc: int | None = None) -> None:
+    """`save_to_disk` into a fresh `folder`; the files are byte-identical for
+    the same rows (datasets' state.json carries no run-specific fingerprint
+    once `_fingerprint` is replaced by the content digest)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    dataset.save_to_disk(str(folder), max_shard_size=SHARD_SIZE, num_proc=num_proc if num_proc and num_proc > 1 else None)
+    state = folder / "state.json"
+    data = json.loads(state.read_text())
+    data["_fingerprint"] = shards_digest(folder)[:16]
+    state.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def write_dataset(out_dir: Path, rows, info: dict, features=None) -> int:
+    """Write a Dataset (or a list of row dicts, for small sets and tests) as
+    shards under `out_dir`, and `dataset.json`. Returns the row count."""
+    from datasets import Dataset
+
+    dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows), features=features)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_shards(dataset, out_dir / SHARDS)
+    n = len(dataset)
+    full = {**info, "rows": n, "digest": shards_digest(out_dir / SHARDS)}
+    (out_dir / INFO_FILE).write_text(json.dumps(full, indent=1, sort_keys=True))
+    return n
+
+
+def read_dataset(in_dir: Path):
+    """The artifact's rows as a memory-mapped Dataset."""
+    from datasets import load_from_disk
+
+    folder = in_dir / SHARDS
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{in_dir}: not a posttrain Dataset artifact (no {SHARDS}/ folder)")
+    return load_from_disk(str(folder))
+
+
+def read_info(in_dir: Path) -> dict:
+    return json.loads((in_dir / INFO_FILE).read_text())

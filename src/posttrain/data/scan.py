@@ -1,0 +1,203 @@
+"""The one pass over a source: every row checked, its reasoning mode and
+turns read, its tokens counted as the training stage will render it, and
+written in its group's schema; a batched `datasets.map` with `num_proc`
+workers, each holding one batch of rows at a time.
+
+The pass adds columns for what prepare_data aggregates: `_problem` (why the
+row is unusable, or null), `_rid` (the row id as JSON, for error examples),
+`_mode`, `_turns`, `_context` and `_response` (tokens). Results are cached
+in the datasets cache under a fingerprint of the source, the settings and
+this code, so a rerun after a crash reuses the finished work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from datasets import Features, Value
+
+from posttrain.data import mixture
+from posttrain.data.rows import (
+    MIDTRAIN_FEATURES,
+    OVER_MAX_LENGTH,
+    PROMPT_FEATURES,
+    SFT_FEATURES,
+    is_text,
+    midtrain_row_problem,
+    prompt_out,
+    prompt_row_problem,
+    reasoning_mode,
+    row_id,
+    sft_out,
+    sft_row_problem,
+)
+from posttrain.data.sources import Opened, batch_rows
+from posttrain.templates import own_template_kwargs, row_template_kwargs
+
+# Rows per map batch: the fast tokenizer batches well at this size and a
+# batch of 64k-token conversations stays within a few hundred MB.
+BATCH_ROWS = 512
+# Example row ids named per reason, in errors and in the report.
+EXAMPLES = 5
+STAT_FEATURES = {"_problem": Value("string"), "_rid": Value("string"), "_mode": Value("string"), "_turns": Value("int32"),
+                 "_context": Value("int64"), "_response": Value("int64")}
+OUT_FEATURES = {"sft": SFT_FEATURES, "midtrain": MIDTRAIN_FEATURES, "prompts": PROMPT_FEATURES}
+
+
+def _code_digest() -> str:
+    h = hashlib.sha256()
+    for name in ("scan.py", "rows.py", "mixture.py", "sources.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the container's CPU quota (cgroup v2
+    cpu.max) when it has one, else the CPUs it is allowed to run on."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+@dataclass
+class Dropped:
+    """Rows of one source that were dropped, by reason, with example ids."""
+
+    loaded: int
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def most_common(self) -> list[tuple[str, int]]:
+        # Ties keep the order in which reasons were first seen (as collections.Counter).
+        return sorted(self.counts.items(), key=lambda kv: -kv[1])
+
+
+def _scan_batch(batch, indices, *, group, name, json_lines, lines, where, tokenizer, template, max_length):
+    rows = batch_rows(batch, json_lines, lines[indices] if lines is not None else None, where)
+    check = {"sft": sft_row_problem, "midtrain": midtrain_row_problem, "prompts": prompt_row_problem}[group]
+    problems = [check(r) for r in rows]
+    out = {k: [None] * len(rows) for k in OUT_FEATURES[group]}
+    stats = {"_problem": problems, "_rid": [json.dumps(row_id(r, name, i), default=str) for r, i in zip(rows, indices, strict=True)],
+             "_mode": [None] * len(rows), "_turns": [0] * len(rows), "_context": [0] * len(rows), "_response": [0] * len(rows)}
+    usable = [j for j, p in enumerate(problems) if p is None]
+    for j in usable:
+        row = rows[j]
+        if group == "prompts":
+            for k, v in prompt_out(row, row.get("key"), name).items():
+                out[k][j] = v
+            continue
+        mode = reasoning_mode(row)
+        stats["_turns"][j] = sum(m["role"] == "assistant" for m in row["messages"]) if group == "sft" or not is_text(row) else 0
+        if group == "sft":
+            stats["_mode"][j] = mode or "no_think"
+            for k, v in sft_out(row, row_id(row, name, indices[j]), name, mode).items():
+                out[k][j] = v
+        else:
+            stats["_mode"][j] = mode or "-"
+            out["id"][j], out["source"][j] = str(row_id(row, name, indices[j])), name
+            if is_text(row):
+                out["text"][j] = row["text"]
+            else:
+                kwargs = row_template_kwargs({"chat_template_kwargs": own_template_kwargs(row)})
+                out["text"][j] = tokenizer.apply_chat_template(row["messages"], tokenize=False, chat_template=template, **kwargs)
+    if group == "sft" and usable:
+        tokens = mixture.count_conversation_tokens(tokenizer, [rows[j]["messages"] for j in usable],
+                                                   [row_template_kwargs(rows[j]) for j in usable])
+    elif group == "midtrain" and usable:
+        # Mid-training trains on every token: all of a row counts as response.
+        tokens = [mixture.RowTokens(0, n) for n in mixture.count_text_tokens(tokenizer, [out["text"][j] for j in usable])]
+    else:
+        tokens = [mixture.RowTokens(0, 0)] * len(usable)
+    for j, t in zip(usable, tokens, strict=True):
+        stats["_context"][j], stats["_response"][j] = t.context, t.response
+        if max_length is not None and t.total > max_length:
+            problems[j] = OVER_MAX_LENGTH
+    return {**out, **stats}
+
+
+def scan(opened: Opened, source: dict, group: str, *, tokenizer=None, template: str | None = None, max_length: int | None = None,
+         num_proc: int = 1, cache_dir: Path | None = None, tokenizer_digest: str = ""):
+    """The source's rows checked, counted and in the group's schema (one
+    output row per input row; unusable rows have `_problem` set)."""
+    ds = opened.dataset
+    where = source.get("path") or source.get("hub")
+    key = hashlib.sha256(json.dumps([ds._fingerprint, group, source["name"], template, max_length, tokenizer_digest, _code_digest(),
+                                     None if opened.lines is None else hashlib.sha256(opened.lines.tobytes()).hexdigest()],
+                                    sort_keys=True).encode()).hexdigest()[:32]
+    features = Features({**OUT_FEATURES[group], **STAT_FEATURES})
+    kwargs = {}
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        kwargs["cache_file_name"] = str(cache_dir / f"scan-{key}.arrow")
+    return ds.map(
+        _scan_batch, batched=True, batch_size=BATCH_ROWS, with_indices=True, remove_columns=ds.column_names, features=features,
+        num_proc=num_proc if num_proc > 1 and len(ds) >= 2 * BATCH_ROWS else None, new_fingerprint=key,
+        desc=f"data.{group} {source['name']}: checking and counting tokens",
+        fn_kwargs=dict(group=group, name=source["name"], json_lines=opened.json_lines, lines=opened.lines, where=where,
+                       tokenizer=tokenizer, template=template, max_length=max_length),
+        **kwargs,
+    )
+
+
+@dataclass
+class Columns:
+    """What prepare_data keeps in memory of a scanned source: numpy arrays
+    over its rows and the drop counters; never the rows themselves."""
+
+    dropped: Dropped
+    kept: np.ndarray  # row indices of the usable rows
+    modes: np.ndarray  # per usable row
+    turns: np.ndarray
+    context: np.ndarray
+    response: np.ndarray
+    longest_over: int = 0
+
+    @property
+    def totals(self) -> np.ndarray:
+        return self.context + self.response
+
+
+def read_columns(scanned) -> Columns:
+    """One pass over the stats columns, in Arrow batches."""
+    dropped = Dropped(loaded=len(scanned))
+    kept, modes, turns, context, response = [], [], [], [], []
+    longest, start = 0, 0
+    stats = scanned.select_columns(list(STAT_FEATURES)).with_format("arrow")
+    for batch in stats.iter(batch_size=8192):
+        problem = batch["_problem"].to_pylist()
+        ok = np.array([p is None for p in problem], dtype=bool)
+        ctx = batch["_context"].to_numpy(zero_copy_only=False)
+        rsp = batch["_response"].to_numpy(zero_copy_only=False)
+        for j in np.flatnonzero(~ok):
+            why = problem[j]
+            dropped.counts[why] = dropped.counts.get(why, 0) + 1
+            examples = dropped.examples.setdefault(why, [])
+            if len(examples) < EXAMPLES:
+                examples.append(json.loads(batch["_rid"][int(j)].as_py()))
+            if why == OVER_MAX_LENGTH:
+                longest = max(longest, int(ctx[j] + rsp[j]))
+        kept.append(np.flatnonzero(ok) + start)
+        modes.append(np.asarray(batch["_mode"].to_pylist(), dtype=object)[ok])
+        turns.append(batch["_turns"].to_numpy(zero_copy_only=False)[ok])
+        context.append(ctx[ok])
+        response.append(rsp[ok])
+        start += len(problem)
+
+    def cat(parts, dtype):
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    return Columns(dropped, cat(kept, np.int64), cat(modes, object), cat(turns, np.int64), cat(context, np.int64),
+                   cat(response, np.int64), longest)
