@@ -26,10 +26,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _report import report  # noqa: E402
+from conftest import write_tokenized  # noqa: E402  (the tokenize stage on raw rows)
 
 from posttrain.dag import stage_configs
-from posttrain.datasets_io import read_jsonl, write_dataset
+from posttrain.datasets_io import read_jsonl
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.recipe import apply_overrides, load_recipe
 
@@ -46,8 +48,9 @@ def make_run(base: Path, name: str) -> tuple[list[str], dict]:
     run = base / name
     run.mkdir(parents=True)
     write_model_ref(run / "policy", ModelRef(uri="local:tiny"))
-    write_dataset(run / "data", read_jsonl(ROOT / "data/local/sft.jsonl")[:64], {})
-    spec = {"stage": "sft", "config": stage_configs(recipe)["sft"], "inputs": {"policy": str(run / "policy"), "data": str(run / "data")}, "outputs": {"model": str(run / "out")}}
+    tokenized = write_tokenized(run / "data", read_jsonl(ROOT / "data/local/sft.jsonl")[:64], recipe)
+    spec = {"stage": "sft", "config": stage_configs(recipe)["sft"], "inputs": {"policy": str(run / "policy"), "tokenized": str(tokenized)},
+            "outputs": {"model": str(run / "out")}}
     (run / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "POSTTRAIN_STORE": f"file://{run / 'store'}", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.setdefault("POSTTRAIN_CACHE", str(ROOT / ".cache"))

@@ -169,3 +169,13 @@ def write_tokenized(dest: Path, rows: list[dict], recipe, kind: str = "sft", sto
         else:
             os.environ[STORE_ENV] = old
     return dest / "tokenized"
+
+
+def write_prompts(dest: Path, rows: list[dict], source: str = "test") -> Path:
+    """A prompts artifact of raw prompt rows, as prepare_data writes it."""
+    from posttrain.data.artifacts import write_dataset
+    from posttrain.data.rows import PROMPT_FEATURES, prompt_out
+
+    write_dataset(dest, [prompt_out(r, i, r.get("source", source)) for i, r in enumerate(rows)], {"sources": [{"name": source}]},
+                  features=PROMPT_FEATURES)
+    return dest

@@ -67,7 +67,7 @@ def test_task_graph(ir):
     spec, _ = ir
     tasks = _all_tasks(spec)
     names = {t["taskInfo"]["name"] for t in tasks.values()}
-    expected = {"preflight", "pin-base", "prepare-data", "midtrain", "sft", "evaluate-base", "evaluate-midtrain", "evaluate-sft", "select-best", "publish"}
+    expected = {"preflight", "pin-base", "prepare-data", "tokenize-sft", "tokenize-midtrain", "midtrain", "sft", "evaluate-base", "evaluate-midtrain", "evaluate-sft", "select-best", "publish"}
     expected |= {f"{s}-{k}" for s in ("prefgen", "preference-train") for k in range(1, 5)}
     expected |= {f"evaluate-chunk-{k}" for k in range(1, 5)} | {"soup", "evaluate-soup"}
     assert names == expected | {"release-gate"}  # the dsl.If around publish
@@ -81,8 +81,10 @@ def test_task_graph(ir):
     # preflight runs first, on every run; nothing reads its outputs (see test_preflight_is_never_cached).
     assert deps("pin-base") == {"preflight"}
     assert deps("prepare-data") == {"preflight", "pin-base"}
-    assert deps("midtrain") == {"prepare-data", "pin-base"}
-    assert deps("sft") == {"prepare-data", "midtrain"}
+    # Tokenised once on the CPU pool, from the base model's tokenizer, beside the base model's evaluation.
+    assert deps("tokenize-sft") == deps("tokenize-midtrain") == {"prepare-data", "pin-base"}
+    assert deps("midtrain") == {"tokenize-midtrain", "pin-base"}
+    assert deps("sft") == {"tokenize-sft", "midtrain"}
     # strong_vs_weak without regenerate: every chunk's pairs in one pass, up front.
     assert all(deps(f"prefgen-{k}") == {"sft", "prepare-data"} for k in range(1, 5))
     assert deps("preference-train-1") == {"sft", "prefgen-1"}

@@ -18,11 +18,13 @@ pytestmark = pytest.mark.e2e
 STAGE_OUTPUTS = {
     "preflight": ["metrics"],
     "pin-base": ["base_model/model.json", "scoreboard/data.jsonl"],
-    "prepare-data": ["sft/data.jsonl", "midtrain/data.jsonl", "prompts/data.jsonl", "stats", "metrics"],
+    "prepare-data": ["sft/dataset.json", "sft/shards/state.json", "midtrain/dataset.json", "prompts/dataset.json", "stats", "metrics"],
+    "tokenize": ["tokenized/tokenized.json", "tokenized/dataset.json", "metrics"],
+    "tokenize-2": ["tokenized/tokenized.json", "tokenized/dataset.json", "metrics"],
     "midtrain": ["model/model.json", "metrics"],
     "sft": ["model/model.json", "metrics"],
-    "prefgen": ["pairs/data.jsonl", "stats", "samples", "metrics"],
-    "prefgen-2": ["pairs/data.jsonl", "stats", "samples", "metrics"],
+    "prefgen": ["pairs/dataset.json", "pairs/shards/state.json", "stats", "samples", "metrics"],
+    "prefgen-2": ["pairs/dataset.json", "pairs/shards/state.json", "stats", "samples", "metrics"],
     "preference-train": ["model/model.json", "metrics"],
     "preference-train-2": ["model/model.json", "metrics"],
     "evaluate": ["scoreboard/data.jsonl", "samples/data.jsonl", "metrics"],
@@ -92,7 +94,7 @@ def test_training_stages_really_trained(runs):
     # The model card names the parent model and the data with its resolved revision.
     card = json.loads((final / "posttrain.json").read_text())
     assert card["stage"] == "sft" and card["parent"]["uri"].startswith("file://")
-    assert card["data"]["data"]["sources"][0]["revision"].startswith("sha256:")
+    assert card["data"]["tokenized"]["sources"][0]["revision"].startswith("sha256:")
     assert "train.loss_last" in (final / "README.md").read_text()
     assert list((first / "tensorboard" / "sft").rglob("events.out.tfevents.*"))
 

@@ -9,7 +9,7 @@ from conftest import RECIPE
 from netguard import no_network
 
 from posttrain.dag import stage_configs
-from posttrain.datasets_io import read_dataset, write_dataset
+from posttrain.datasets_io import read_records, write_records
 from posttrain.eval import vibe
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.recipe import apply_overrides, load_recipe
@@ -23,7 +23,7 @@ SMALL = ["eval.ifeval_limit=4", "eval.math_limit=3", "eval.max_new_tokens=12", "
 def stage(tmp_path, monkeypatch):
     """Run evaluate for `label` with the tiny profile, in this process, network refused."""
     write_model_ref(tmp_path / "model", ModelRef(uri="local:smollm2-135m-instruct"))
-    write_dataset(tmp_path / "board", [], {})
+    write_records(tmp_path / "board", [], {})
 
     def run(label: str, overrides: list[str] = (), store: str = "store", code: str | None = None):
         monkeypatch.setenv("POSTTRAIN_STORE", f"file://{tmp_path / store}")
@@ -39,7 +39,7 @@ def stage(tmp_path, monkeypatch):
         finally:
             ctx.cleanup()
         assert not attempts, f"evaluation reached for the network: {attempts}"
-        return recipe, result, read_dataset(out / "samples"), read_dataset(out / "scoreboard")
+        return recipe, result, read_records(out / "samples"), read_records(out / "scoreboard")
 
     return run
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, ROOT, write_tokenized
 
 from posttrain import launch
 from posttrain.dag import stage_configs
@@ -171,15 +171,15 @@ print(json.dumps({"metrics": r.metrics, "metadata": r.metadata}))
 def test_two_processes_on_cpu_preempt_resume_and_merge(tmp_path):
     from safetensors.torch import load_file
 
-    from posttrain.datasets_io import read_jsonl, write_dataset
+    from posttrain.datasets_io import read_jsonl
     from posttrain.local_models import prepare
     from posttrain.models import ModelRef, write_model_ref
 
     prepare("tiny")  # built once here, not by two ranks at the same time
     recipe = apply_overrides(load_recipe(RECIPE, "tiny"), ["sft.max_steps=3", "sft.save_steps=1", "sft.lora={r: 8, alpha: 16}"])
     write_model_ref(tmp_path / "policy", ModelRef(uri="local:tiny"))
-    write_dataset(tmp_path / "data", read_jsonl(ROOT / "data/local/sft.jsonl")[:16], {})
-    job = {"stage": "sft", "config": stage_configs(recipe)["sft"], "inputs": {"policy": str(tmp_path / "policy"), "data": str(tmp_path / "data")},
+    tokenized = write_tokenized(tmp_path / "data", read_jsonl(ROOT / "data/local/sft.jsonl")[:16], recipe)
+    job = {"stage": "sft", "config": stage_configs(recipe)["sft"], "inputs": {"policy": str(tmp_path / "policy"), "tokenized": str(tokenized)},
            "outputs": {"model": str(tmp_path / "out")}}
     (tmp_path / "job.json").write_text(json.dumps(job))
     env = {**os.environ, "POSTTRAIN_STORE": f"file://{tmp_path / 'store'}", "HF_HUB_OFFLINE": "1", "POSTTRAIN_CACHE": str(ROOT / ".cache")}

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, ROOT, write_tokenized
 from safetensors.torch import load_file
 
 from posttrain.dag import stage_configs
-from posttrain.datasets_io import read_jsonl, write_dataset
+from posttrain.data.artifacts import write_dataset
+from posttrain.datasets_io import read_jsonl
 from posttrain.local_models import prepare
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.recipe import apply_overrides, load_recipe
@@ -48,6 +49,11 @@ def stage(tmp_path, monkeypatch):
     def make(name: str, config: dict, data: dict[str, list[dict]]) -> StageContext:
         inputs = {"policy": tmp_path / "policy"}
         for key, rows in data.items():
+            if key == "data":  # SFT rows: the training stage reads them tokenized
+                if not (tmp_path / "tokenized").exists():
+                    write_tokenized(tmp_path / "tokenized", rows, load_recipe(RECIPE, "tiny"))
+                inputs["tokenized"] = tmp_path / "tokenized" / "tokenized"
+                continue
             if not (tmp_path / key).exists():
                 write_dataset(tmp_path / key, rows, {})
             inputs[key] = tmp_path / key

@@ -7,9 +7,9 @@ import re
 import pytest
 from conftest import ROOT
 
-from posttrain import mixture
+from posttrain.data import mixture
 from posttrain.datasets_io import read_jsonl
-from posttrain.mixture import RowTokens, plan_group, repeat_id, resample, stats_table, summarise, target_tokens
+from posttrain.data.mixture import RowTokens, plan_group, repeat_id, resample, rng_for, stats_table, summarise, target_tokens
 
 SFT = read_jsonl(ROOT / "data" / "local" / "sft.jsonl")
 
@@ -43,13 +43,13 @@ def test_weights_3_to_1_give_token_shares():
     assert a / (a + b) == pytest.approx(0.75, abs=0.01)
     assert a + b == pytest.approx(60_000, rel=0.01)
     # The plans' token totals are the tokens of the rows they picked.
-    assert [p.tokens_after for p in plans] == [sum(c[i] for i, _ in p.picks) for c, p in zip(counts, plans, strict=True)]
+    assert [p.tokens_after for p in plans] == [sum(c[i] for i, _ in p.picks.pairs()) for c, p in zip(counts, plans, strict=True)]
 
 
 @pytest.mark.parametrize("target", [1, 777, 5_000, 20_000, 47_123, 123_456])
 def test_absolute_budget_is_met_within_one_row(target):
     counts = _counts(150, seed=3)  # about 24k tokens: down- and up-sampling
-    picks = resample(counts, target, seed=7, key="sft/x")
+    picks = resample(counts, target, seed=7, key="sft/x").pairs()
     got = sum(counts[i] for i, _ in picks)
     assert abs(got - target) <= max(counts) / 2  # within half a row, so within one
     if picks:
@@ -59,7 +59,7 @@ def test_absolute_budget_is_met_within_one_row(target):
 def test_upsampling_repeats_whole_passes_then_a_partial_one():
     counts = _counts(50, seed=4)
     target = int(sum(counts) * 2.4)
-    picks = resample(counts, target, seed=1, key="sft/x")
+    picks = resample(counts, target, seed=1, key="sft/x").pairs()
     passes = {}
     for i, k in picks:
         passes.setdefault(k, []).append(i)
@@ -72,7 +72,7 @@ def test_upsampling_repeats_whole_passes_then_a_partial_one():
 
 def test_downsampling_takes_each_row_at_most_once():
     counts = _counts(100, seed=5)
-    picks = resample(counts, sum(counts) // 3, seed=1, key="sft/x")
+    picks = resample(counts, sum(counts) // 3, seed=1, key="sft/x").pairs()
     assert {k for _, k in picks} == {1}
     assert len({i for i, _ in picks}) == len(picks) < 100
     assert [i for i, _ in picks] == sorted(i for i, _ in picks)  # file order kept
@@ -81,18 +81,46 @@ def test_downsampling_takes_each_row_at_most_once():
 def test_same_seed_same_rows_other_seed_or_source_other_rows():
     counts = _counts(200, seed=6)
     target = sum(counts) // 2
-    first = resample(counts, target, seed=42, key="sft/a")
-    assert resample(counts, target, seed=42, key="sft/a") == first
-    assert resample(counts, target, seed=43, key="sft/a") != first
-    assert resample(counts, target, seed=42, key="sft/b") != first
+    def pick(target, seed, key):
+        return resample(counts, target, seed=seed, key=key).pairs()
+
+    first = pick(target, 42, "sft/a")
+    assert pick(target, 42, "sft/a") == first
+    assert pick(target, 43, "sft/a") != first
+    assert pick(target, 42, "sft/b") != first
     # The partial pass of up-sampling is seeded the same way.
-    up = resample(counts, int(sum(counts) * 1.5), seed=42, key="sft/a")
-    assert up == resample(counts, int(sum(counts) * 1.5), seed=42, key="sft/a")
-    assert up != resample(counts, int(sum(counts) * 1.5), seed=1, key="sft/a")
+    up = pick(int(sum(counts) * 1.5), 42, "sft/a")
+    assert up == pick(int(sum(counts) * 1.5), 42, "sft/a")
+    assert up != pick(int(sum(counts) * 1.5), 1, "sft/a")
+
+
+def _list_resample(counts, target, seed, key):
+    """The selection as it was computed on Python lists before the index arrays."""
+    n, total = len(counts), sum(counts)
+    full, rest = target // total, target % total
+    order = list(range(n))
+    rng_for(seed, key).shuffle(order)
+    taken, acc = [], 0
+    for i in order:
+        if acc >= rest:
+            break
+        if acc + counts[i] - rest > rest - acc:
+            continue
+        taken.append(i)
+        acc += counts[i]
+    return [(i, k) for k in range(1, full + 1) for i in range(n)] + [(i, full + 1) for i in sorted(taken)] if rest else \
+        [(i, k) for k in range(1, full + 1) for i in range(n)]
+
+
+@pytest.mark.parametrize("share", [0.01, 0.3, 0.999, 1.0, 2.5])
+def test_index_arrays_pick_what_the_list_code_picked(share):
+    counts = _counts(3000, seed=8)
+    target = int(sum(counts) * share)
+    assert resample(counts, target, seed=11, key="sft/big").pairs() == _list_resample(counts, target, 11, "sft/big")
 
 
 def test_as_is_and_empty_sources():
-    assert resample([5, 6, 7], None, seed=0, key="k") == [(0, 1), (1, 1), (2, 1)]
+    assert resample([5, 6, 7], None, seed=0, key="k").pairs() == [(0, 1), (1, 1), (2, 1)]
     with pytest.raises(ValueError, match="no usable rows"):
         resample([], 100, seed=0, key="sft/empty")
 
@@ -131,7 +159,10 @@ def _table_rows(table: str) -> list[list[str]]:
 def test_stats_table_columns_and_total():
     rows_a = [("think", RowTokens(10, 30), 1), ("no_think", RowTokens(5, 5), 2), ("think", RowTokens(20, 40), 1)]
     rows_b = [("no_think", RowTokens(100, 300), 3)] * 4
-    stats = summarise("a", rows_a) + summarise("b", rows_b)
+    def arrays(rows):
+        return [m for m, _, _ in rows], [t.context for _, t, _ in rows], [t.response for _, t, _ in rows], [n for _, _, n in rows]
+
+    stats = summarise("a", *arrays(rows_a)) + summarise("b", *arrays(rows_b))
     table = _table_rows(stats_table(stats))
     assert table[0] == list(mixture.STATS_COLUMNS) == [
         "dataset", "reasoning mode", "# examples", "% examples", "# tokens (M)", "% tokens",

@@ -11,7 +11,7 @@ from conftest import RECIPE
 
 from posttrain import preference_losses as pl
 from posttrain.dag import stage_configs
-from posttrain.datasets_io import write_dataset
+from posttrain.data.artifacts import write_dataset
 from posttrain.models import ModelRef, read_model_ref, write_model_ref
 from posttrain.recipe import PREFERENCE_LOSSES, PreferenceConfig, RecipeError, apply_overrides, load_recipe
 from posttrain.stages import preference_train

@@ -10,10 +10,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, ROOT, write_prompts
 
 from posttrain.dag import stage_configs
-from posttrain.datasets_io import read_jsonl, write_dataset
+from posttrain.data.artifacts import read_dataset
+from posttrain.datasets_io import read_jsonl
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.recipe import apply_overrides, load_recipe
 from posttrain.stages import prefgen
@@ -34,7 +35,7 @@ def stage(tmp_path, monkeypatch):
 
     def run(overrides: list[str], prompts: list[dict] = PROMPTS, chunks: int = 1):
         recipe = apply_overrides(load_recipe(RECIPE, "tiny"), [f"preference.chunks={chunks}", "select.soup.enabled=false", *SMALL, *overrides])
-        write_dataset(tmp_path / "prompts", prompts, {})
+        write_prompts(tmp_path / "prompts", prompts)
         out = tmp_path / "out"
         out.mkdir(exist_ok=True)
         outputs = {"pairs": out / "pairs", "stats": out / "stats.md", "samples": out / "samples.html"}
@@ -43,7 +44,7 @@ def stage(tmp_path, monkeypatch):
             result = prefgen.run(ctx)
         finally:
             ctx.cleanup()
-        return result, read_jsonl(out / "pairs" / "data.jsonl"), (out / "stats.md").read_text(), (out / "samples.html").read_text()
+        return result, read_dataset(out / "pairs").to_list(), (out / "stats.md").read_text(), (out / "samples.html").read_text()
 
     return run
 
@@ -214,7 +215,7 @@ def test_generation_resumes_from_the_last_complete_shard_after_kill_9(tmp_path):
     recipe = apply_overrides(load_recipe(RECIPE, "tiny"), [*SMALL, "prefgen.max_prompts_per_chunk=12", "prefgen.shard_size=2",
                                                             "prefgen.max_new_tokens=48"])
     write_model_ref(tmp_path / "policy", ModelRef(uri="local:tiny"))
-    write_dataset(tmp_path / "prompts", PROMPTS, {})
+    write_prompts(tmp_path / "prompts", PROMPTS)
     out = tmp_path / "out"
     spec = {"stage": "prefgen", "config": stage_configs(recipe)["prefgen_1"],
             "inputs": {"policy": str(tmp_path / "policy"), "prompts": str(tmp_path / "prompts")},

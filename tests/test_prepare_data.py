@@ -11,12 +11,16 @@ import pytest
 from conftest import RECIPE, ROOT
 
 from posttrain.dag import stage_configs
-from posttrain.datasets_io import INFO_FILE, hub_revision, load_source_resolved, read_dataset, read_jsonl
+from posttrain.data.artifacts import INFO_FILE, read_dataset
+from posttrain.data.rows import prompt_row, prompt_row_problem, sft_row_problem, stored_conversation
+from posttrain.data.scan import read_columns, scan
+from posttrain.data.sources import hub_revision, open_source, read_rows
+from posttrain.datasets_io import read_jsonl
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.recipe import Recipe, apply_overrides, file_sha256, load_recipe
 from posttrain.stages import prepare_data
 from posttrain.stages.context import STORE_ENV, StageContext
-from posttrain.stages.prepare_data import DataError, _check, prompt_row_problem, sft_row_problem
+from posttrain.stages.prepare_data import DataError, check_dropped
 from posttrain.templates import load_template, row_template_kwargs
 
 GOOD = {"id": "ok", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -47,14 +51,20 @@ def test_prompt_rows_need_aligned_instructions():
     assert prompt_row_problem({"prompt": "x", "instruction_id_list": ["a"], "kwargs": [{}]}) is None
 
 
-def test_threshold():
+def _dropped(tmp_path, rows, tokenizer):
+    """The drop counters of a JSON-lines source, through the batched scan."""
+    source = {"name": "mix", "path": _write(tmp_path / "mix.jsonl", rows)}
+    return read_columns(scan(open_source(source, "sft"), source, "sft", tokenizer=tokenizer)).dropped
+
+
+def test_threshold(tmp_path, tokenizer):
     source = {"name": "mix"}
-    rows = [GOOD] * 99 + [{"id": "bad-1"}]
-    dropped = _check("sft", source, rows, [sft_row_problem(r) for r in rows], 0.01)  # 1% is allowed
+    dropped = _dropped(tmp_path, [GOOD] * 99 + [{"id": "bad-1"}], tokenizer)
+    check_dropped("sft", source, dropped, 0.01)  # 1% is allowed
     assert dropped.total == 1 and dropped.counts == {"no messages": 1} and dropped.examples == {"no messages": ["bad-1"]}
-    rows = [GOOD] * 98 + [{"id": "bad-1"}, {"id": "bad-2"}]
+    dropped = _dropped(tmp_path, [GOOD] * 98 + [{"id": "bad-1"}, {"id": "bad-2"}], tokenizer)
     with pytest.raises(DataError, match=r"data.sft source 'mix': 2 of 100 rows unusable.*no messages: 2 \(e.g. rows \['bad-1', 'bad-2'\]\)"):
-        _check("sft", source, rows, [sft_row_problem(r) for r in rows], 0.01)
+        check_dropped("sft", source, dropped, 0.01)
 
 
 # -- the stage, on the local data with the tiny model's tokenizer ---------------------------
@@ -86,8 +96,9 @@ def run_stage(tmp_path, monkeypatch):
         out.mkdir()
         ctx = StageContext.create(stage_configs(recipe)["prepare_data"], {"base_model": tmp_path / "base"}, outputs)
         result = prepare_data.run(ctx)
+        readable = {"sft": stored_conversation, "midtrain": lambda r: r, "prompts": prompt_row}
         return {
-            **{g: read_dataset(outputs[g]) for g in ("sft", "midtrain", "prompts")},
+            **{g: [readable[g](r) for r in read_dataset(outputs[g])] for g in ("sft", "midtrain", "prompts")},
             **{f"{g}.info": json.loads((outputs[g] / INFO_FILE).read_text()) for g in ("sft", "midtrain", "prompts")},
             "stats": outputs["stats"].read_text(),
             "result": result,
@@ -323,11 +334,12 @@ def _cache_hub_dataset(tmp_path, monkeypatch, sha: str):
 def test_hub_revision_is_the_commit_datasets_loaded(tmp_path, monkeypatch):
     _cache_hub_dataset(tmp_path, monkeypatch, SHA)
     source = {"name": "hub", "hub": "HuggingFaceTB/smoltalk2", "subset": "SFT", "split": "mysplit", "revision": "main"}
-    rows, revision = load_source_resolved(source)
-    assert [r["id"] for r in rows] == [r["id"] for r in SFT[:5]]
-    assert revision == {"resolved_revision": SHA, "revision_resolved": True, "revision_from": "datasets cache folder of the loaded rows"}
+    opened = open_source(source, "sft")
+    assert opened.dataset["id"] == [r["id"] for r in SFT[:5]]
+    assert opened.revision == {"resolved_revision": SHA, "revision_resolved": True, "revision_from": "datasets cache folder of the loaded rows"}
+    assert [r["id"] for r in read_rows(source)] == [r["id"] for r in SFT[:5]]
     # Offline, datasets reads the newest cached copy whatever was asked: that is what is recorded, with a note.
-    _, revision = load_source_resolved({**source, "revision": "f" * 40})
+    revision = open_source({**source, "revision": "f" * 40}, "sft").revision
     assert revision["resolved_revision"] == SHA and "datasets loaded " + SHA in revision["revision_note"]
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.dag import stage_configs
-from posttrain.datasets_io import write_dataset
+from posttrain.data.artifacts import write_dataset
 from posttrain.local_models import prepare
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.preference_losses import trl_classes

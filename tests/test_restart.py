@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, ROOT, write_tokenized
 from safetensors.torch import load_file
 
 from posttrain.dag import stage_configs
-from posttrain.datasets_io import read_jsonl, write_dataset
+from posttrain.datasets_io import read_jsonl, write_records
 from posttrain.models import ModelRef, write_model_ref
 from posttrain.recipe import apply_overrides, load_recipe
 from posttrain.store import fetch
@@ -33,11 +33,11 @@ def spec_for(tmp_path_factory):
     )
     config = stage_configs(recipe)["sft"]
     write_model_ref(base / "policy", ModelRef(uri="local:tiny"))
-    write_dataset(base / "data", read_jsonl(ROOT / "data/local/sft.jsonl")[:40], {})
+    tokenized = write_tokenized(base / "data", read_jsonl(ROOT / "data/local/sft.jsonl")[:40], recipe)
 
     def make(name: str) -> tuple[Path, dict]:
         run = base / name
-        spec = {"stage": "sft", "config": config, "inputs": {"policy": str(base / "policy"), "data": str(base / "data")}, "outputs": {"model": str(run / "out")}}
+        spec = {"stage": "sft", "config": config, "inputs": {"policy": str(base / "policy"), "tokenized": str(tokenized)}, "outputs": {"model": str(run / "out")}}
         run.mkdir()
         (run / "spec.json").write_text(json.dumps(spec))
         env = {**os.environ, "POSTTRAIN_STORE": f"file://{run / 'store'}", "HF_HUB_OFFLINE": "1", "POSTTRAIN_CACHE": str(ROOT / ".cache")}
@@ -159,7 +159,7 @@ def test_evaluation_resumes_from_its_last_complete_shard(tmp_path):
     recipe = apply_overrides(load_recipe(RECIPE, "tiny"), ["eval.ifeval_limit=8", "eval.shard_size=3", "eval.max_new_tokens=8"])
     config = {**stage_configs(recipe)["evaluate_base"]}
     write_model_ref(tmp_path / "model", ModelRef(uri="local:tiny"))
-    write_dataset(tmp_path / "board", [], {})
+    write_records(tmp_path / "board", [], {})
     spec = {"stage": "evaluate", "config": config, "inputs": {"model": str(tmp_path / "model"), "board": str(tmp_path / "board")},
             "outputs": {"scoreboard": str(tmp_path / "out/scoreboard"), "samples": str(tmp_path / "out/samples")}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))

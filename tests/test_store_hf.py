@@ -16,7 +16,7 @@ import uuid
 import huggingface_hub
 import huggingface_hub.constants
 import pytest
-from conftest import ROOT, make_checkpoint
+from conftest import ROOT, make_checkpoint, write_tokenized
 
 from posttrain.models import ModelRef, materialize
 from posttrain.store import IncompleteCheckpoint, open_store
@@ -148,14 +148,14 @@ def test_a_training_stage_checkpoints_to_the_hub(hub, tmp_path):
     """The sft stage (tiny model) in a real process with an hf:// store:
     checkpoints on the `sft` branch, the final model at its root."""
     from posttrain.dag import stage_configs
-    from posttrain.datasets_io import read_jsonl, write_dataset
+    from posttrain.datasets_io import read_jsonl
     from posttrain.models import write_model_ref
     from posttrain.recipe import apply_overrides, load_recipe
 
     recipe = apply_overrides(load_recipe(ROOT / "pipelines/smollm3.yaml", "tiny"), ["sft.max_steps=4", "sft.save_steps=2", "sft.per_device_batch_size=1"])
     write_model_ref(tmp_path / "policy", ModelRef(uri="local:tiny"))
-    write_dataset(tmp_path / "data", read_jsonl(ROOT / "data/local/sft.jsonl")[:16], {})
-    spec = {"stage": "sft", "config": stage_configs(recipe)["sft"], "inputs": {"policy": str(tmp_path / "policy"), "data": str(tmp_path / "data")},
+    tokenized = write_tokenized(tmp_path / "data", read_jsonl(ROOT / "data/local/sft.jsonl")[:16], recipe)
+    spec = {"stage": "sft", "config": stage_configs(recipe)["sft"], "inputs": {"policy": str(tmp_path / "policy"), "tokenized": str(tokenized)},
             "outputs": {"model": str(tmp_path / "out")}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "POSTTRAIN_STORE": "hf://ns", "HF_HUB_OFFLINE": "0", "POSTTRAIN_CACHE": str(ROOT / ".cache"), "HF_HOME": str(tmp_path / "hf")}

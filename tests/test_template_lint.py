@@ -205,44 +205,59 @@ def test_template_without_a_mode_marker_fails_the_mode_check(tok):
         lint(SFT_ROWS[:3], tok, sample=None, check_mode=True)
 
 
-# ---------------------------------------------------------------- the sft stage
+# ---------------------------------------------------------------- the tokenize stage
 
 
-def _sft_context(tmp_path, monkeypatch, rows):
+def _tokenize_context(tmp_path, monkeypatch, rows):
+    from conftest import write_prepared
+
     from posttrain.dag import stage_configs
-    from posttrain.datasets_io import write_dataset
     from posttrain.models import ModelRef, write_model_ref
     from posttrain.recipe import load_recipe
     from posttrain.stages.context import StageContext
 
     monkeypatch.setenv("POSTTRAIN_STORE", f"file://{tmp_path / 'store'}")
     monkeypatch.delenv("POSTTRAIN_LOG_DIR", raising=False)
-    config = stage_configs(load_recipe(RECIPE, "tiny"))["sft"]
+    config = stage_configs(load_recipe(RECIPE, "tiny"))["tokenize_sft"]
     assert config["chat_template"] == "smollm3"
-    write_model_ref(tmp_path / "policy", ModelRef(uri="local:tiny"))
-    write_dataset(tmp_path / "data", rows, {})
-    return StageContext.create(config, {"policy": tmp_path / "policy", "data": tmp_path / "data"}, {"model": tmp_path / "out"})
+    write_model_ref(tmp_path / "base", ModelRef(uri="local:tiny"))
+    write_prepared(tmp_path / "data", rows)
+    return StageContext.create(config, {"base_model": tmp_path / "base", "data": tmp_path / "data"}, {"tokenized": tmp_path / "out"})
 
 
-def test_sft_stage_lints_before_training_and_passes_each_rows_mode(tmp_path, monkeypatch):
-    from posttrain.stages import sft
+def test_tokenize_lints_and_renders_each_rows_mode(tmp_path, monkeypatch):
+    """The stage that renders the rows lints them first, and renders each
+    row in its own reasoning mode (the mode marker of the smollm3 template)."""
+    from datasets import load_from_disk
 
-    seen = {}
+    from posttrain.stages import tokenize
+    from posttrain.store import fetch
 
-    def fake_train(ctx, cfg, dataset, assistant_only):
-        seen["kwargs"] = dataset["chat_template_kwargs"]
-        return "trained"
-
-    monkeypatch.setattr(sft, "train_causal_lm", fake_train)
     rows = SFT_ROWS[:6]
-    assert sft.run(_sft_context(tmp_path, monkeypatch, rows)) == "trained"
-    assert [k["enable_thinking"] for k in seen["kwargs"]] == [r["reasoning"] for r in rows]
+    ctx = _tokenize_context(tmp_path, monkeypatch, rows)
+    tokenize.run(ctx)
+    ref = json.loads((tmp_path / "out" / "tokenized.json").read_text())
+    packed = load_from_disk(str(fetch(ref["uri"], tmp_path / "cache")))
+    tok = ctx_tokenizer()
+    text = "".join(tok.decode(ids) for ids in packed["input_ids"])
+    for row in rows:
+        assert row["messages"][-1]["content"][:40] in text
+    think = sum(bool(r["reasoning"]) for r in rows)
+    assert 0 < think < len(rows)
+    assert text.count("Reasoning Mode: /think") == think and text.count("Reasoning Mode: /no_think") == len(rows) - think
 
 
-def test_sft_stage_fails_with_the_lint_error_before_training(tmp_path, monkeypatch):
-    from posttrain.stages import sft
+def ctx_tokenizer():
+    from posttrain.local_models import prepare
+    from posttrain.stages.training import load_tokenizer
 
-    monkeypatch.setattr(sft, "train_causal_lm", lambda *a, **k: pytest.fail("training started despite a lint error"))
+    return load_tokenizer(prepare("tiny"), "smollm3")
+
+
+def test_tokenize_fails_with_the_lint_error_before_tokenizing(tmp_path, monkeypatch):
+    from posttrain.stages import tokenize
+
+    monkeypatch.setattr(tokenize, "tokenize_and_pack", lambda *a, **k: pytest.fail("tokenized despite a lint error"))
     rows = [*SFT_ROWS[:4], _row("sft-bad-mode", True, system="Answer briefly. /no_think", answer=THOUGHT)]
     with pytest.raises(TemplateLintError, match=r"sft-bad-mode \[reasoning_mode\]"):
-        sft.run(_sft_context(tmp_path, monkeypatch, rows))
+        tokenize.run(_tokenize_context(tmp_path, monkeypatch, rows))

@@ -21,7 +21,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, ROOT, write_tokenized
 from kubernetes.client import (
     V1ContainerState,
     V1ContainerStateRunning,
@@ -543,12 +543,12 @@ def tiny_sft_config(steps: int = 2) -> dict:
 
 
 def small_inputs(tmp_path: Path) -> dict[str, Path]:
-    from posttrain.datasets_io import read_jsonl, write_dataset
+    from posttrain.datasets_io import read_jsonl
     from posttrain.models import ModelRef, write_model_ref
 
     write_model_ref(tmp_path / "in" / "policy", ModelRef(uri="local:tiny"))
-    write_dataset(tmp_path / "in" / "data", read_jsonl(ROOT / "data/local/sft.jsonl")[:8], {})
-    return {"policy": tmp_path / "in" / "policy", "data": tmp_path / "in" / "data"}
+    tokenized = write_tokenized(tmp_path / "in" / "data", read_jsonl(ROOT / "data/local/sft.jsonl")[:8], load_recipe(RECIPE, "tiny"))
+    return {"policy": tmp_path / "in" / "policy", "tokenized": tokenized}
 
 
 def test_sigterm_deletes_the_trainjob_and_exits_143(task_env, tmp_path, caplog):

@@ -35,11 +35,21 @@ def save_shards(dataset, folder: Path, num_proc: int | None = None) -> None:
     once `_fingerprint` is replaced by the content digest)."""
     if folder.exists():
         shutil.rmtree(folder)
-    dataset.save_to_disk(str(folder), max_shard_size=SHARD_SIZE, num_proc=num_proc if num_proc and num_proc > 1 else None)
+    if len(dataset) == 0:  # one empty shard: datasets writes none otherwise, and cannot load that back
+        dataset.save_to_disk(str(folder), num_shards=1)
+    else:
+        dataset.save_to_disk(str(folder), max_shard_size=SHARD_SIZE, num_proc=num_proc if num_proc and num_proc > 1 else None)
     state = folder / "state.json"
     data = json.loads(state.read_text())
     data["_fingerprint"] = shards_digest(folder)[:16]
     state.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def empty(features):
+    """A Dataset with no rows and these columns."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({k: [] for k in features}, features=features)
 
 
 def write_dataset(out_dir: Path, rows, info: dict, features=None) -> int:
@@ -47,7 +57,11 @@ def write_dataset(out_dir: Path, rows, info: dict, features=None) -> int:
     shards under `out_dir`, and `dataset.json`. Returns the row count."""
     from datasets import Dataset
 
-    dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows), features=features)
+    if isinstance(rows, Dataset):
+        dataset = rows
+    else:
+        rows = list(rows)
+        dataset = Dataset.from_list(rows, features=features) if rows or features is None else empty(features)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_shards(dataset, out_dir / SHARDS)
     n = len(dataset)

@@ -114,8 +114,9 @@ def _scan_batch(batch, indices, *, group, name, json_lines, lines, where, tokeni
                 kwargs = row_template_kwargs({"chat_template_kwargs": own_template_kwargs(row)})
                 out["text"][j] = tokenizer.apply_chat_template(row["messages"], tokenize=False, chat_template=template, **kwargs)
     if group == "sft" and usable:
-        tokens = mixture.count_conversation_tokens(tokenizer, [rows[j]["messages"] for j in usable],
-                                                   [row_template_kwargs(rows[j]) for j in usable])
+        # Counted as the training stage renders the written row: its mode flag, then its own kwargs.
+        written = [{"reasoning": out["reasoning"][j], "chat_template_kwargs": out["chat_template_kwargs"][j]} for j in usable]
+        tokens = mixture.count_conversation_tokens(tokenizer, [rows[j]["messages"] for j in usable], [row_template_kwargs(w) for w in written])
     elif group == "midtrain" and usable:
         # Mid-training trains on every token: all of a row counts as response.
         tokens = [mixture.RowTokens(0, n) for n in mixture.count_text_tokens(tokenizer, [out["text"][j] for j in usable])]
@@ -128,8 +129,16 @@ def _scan_batch(batch, indices, *, group, name, json_lines, lines, where, tokeni
     return {**out, **stats}
 
 
+def cache_dir(step: str) -> Path:
+    """Where a step's map results go: under the datasets cache (the cache PVC
+    on a cluster), never beside its input (a read-only artifact or a user's folder)."""
+    import datasets
+
+    return Path(datasets.config.HF_DATASETS_CACHE) / "posttrain" / step
+
+
 def scan(opened: Opened, source: dict, group: str, *, tokenizer=None, template: str | None = None, max_length: int | None = None,
-         num_proc: int = 1, cache_dir: Path | None = None, tokenizer_digest: str = ""):
+         num_proc: int = 1, tokenizer_digest: str = ""):
     """The source's rows checked, counted and in the group's schema (one
     output row per input row; unusable rows have `_problem` set)."""
     ds = opened.dataset
@@ -138,17 +147,19 @@ def scan(opened: Opened, source: dict, group: str, *, tokenizer=None, template: 
                                      None if opened.lines is None else hashlib.sha256(opened.lines.tobytes()).hexdigest()],
                                     sort_keys=True).encode()).hexdigest()[:32]
     features = Features({**OUT_FEATURES[group], **STAT_FEATURES})
-    kwargs = {}
-    if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        kwargs["cache_file_name"] = str(cache_dir / f"scan-{key}.arrow")
+    if len(ds) == 0:  # map returns a dataset without columns for no rows
+        from posttrain.data.artifacts import empty
+
+        return empty(features)
+    folder = cache_dir("scan")
+    folder.mkdir(parents=True, exist_ok=True)
     return ds.map(
         _scan_batch, batched=True, batch_size=BATCH_ROWS, with_indices=True, remove_columns=ds.column_names, features=features,
         num_proc=num_proc if num_proc > 1 and len(ds) >= 2 * BATCH_ROWS else None, new_fingerprint=key,
         desc=f"data.{group} {source['name']}: checking and counting tokens",
         fn_kwargs=dict(group=group, name=source["name"], json_lines=opened.json_lines, lines=opened.lines, where=where,
                        tokenizer=tokenizer, template=template, max_length=max_length),
-        **kwargs,
+        cache_file_name=str(folder / f"scan-{key}.arrow"),
     )
 
 

@@ -76,12 +76,16 @@ def content_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def open_source(source: dict, group: str) -> Opened:
-    """The source's rows as an Arrow Dataset, cut to `max_examples`."""
+def open_source(source: dict, group: str, required: tuple[tuple[str, ...], str] | None = None) -> Opened:
+    """The source's rows as an Arrow Dataset, cut to `max_examples`.
+    `required`: (columns of which a typed source needs one, what they hold),
+    checked before the rows are read where the file's schema allows."""
     if source.get("path"):
-        opened = _open_local(source, group)
+        opened = _open_local(source, group, required)
     else:
         opened = _open_hub(source)
+    if required:
+        require_columns(opened.dataset.column_names if not opened.json_lines else None, source, group, *required)
     limit = source.get("max_examples")
     if opened.json_lines:
         # Blank lines are not rows (as in any JSON-lines reader); the rest keep their line numbers.
@@ -109,8 +113,8 @@ def nonblank_lines(ds) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def _open_local(source: dict, group: str) -> Opened:
-    from datasets import load_dataset, load_from_disk
+def _open_local(source: dict, group: str, required) -> Opened:
+    from datasets import Dataset, load_dataset, load_from_disk
 
     path = Path(source["path"])
     if not path.exists():
@@ -120,9 +124,14 @@ def _open_local(source: dict, group: str) -> Opened:
                 "revision_from": "sha256 of the " + ("folder's files" if path.is_dir() else "file")}
     try:
         if kind == "json":
-            ds = load_dataset("text", data_files=str(path), split="train")
+            # datasets cannot build a dataset from an empty file: an empty file is no rows.
+            ds = load_dataset("text", data_files=str(path), split="train") if path.stat().st_size else Dataset.from_dict({LINE: []})
             return Opened(ds, json_lines=True, revision=revision)
         if kind == "parquet":
+            if required:  # the schema alone, before datasets converts the whole file
+                import pyarrow.parquet as pq
+
+                require_columns(pq.read_schema(path).names, source, group, *required)
             ds = load_dataset("parquet", data_files=str(path), split="train")
         else:
             ds = load_from_disk(str(path))
@@ -204,11 +213,12 @@ def batch_rows(batch: dict, json_lines: bool, lines=None, where: str = "") -> li
     return rows
 
 
-def require_columns(opened: Opened, source: dict, group: str, any_of: tuple[str, ...], what: str) -> None:
-    """A typed source (Parquet, Arrow, Hub) must have one of `any_of` as a column."""
-    if opened.json_lines:
+def require_columns(columns: list[str] | None, source: dict, group: str, any_of: tuple[str, ...], what: str) -> None:
+    """A typed source (Parquet, Arrow, Hub) must have one of `any_of` as a
+    column (`columns` None: JSON lines, checked row by row instead)."""
+    if columns is None:
         return
-    columns = list(opened.dataset.column_names)
+    columns = list(columns)
     if not any(c in columns for c in any_of):
         where = source.get("path") or f"{source['hub']} {source.get('subset') or ''} {source['split']}".replace("  ", " ")
         need = " or ".join(f"`{c}`" for c in any_of)

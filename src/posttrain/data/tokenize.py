@@ -93,14 +93,21 @@ def tokenize_and_pack(dataset, tokenizer, *, conversational: bool, assistant_onl
     and (with packing) packed: TRL's prepared dataset for the same rows."""
     from trl import pack_dataset
 
+    from posttrain.data.scan import cache_dir
+
+    folder = cache_dir("tokenize")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def cached(step: str) -> dict:
+        return {"new_fingerprint": f"{fingerprint}-{step}", "cache_file_name": str(folder / f"{fingerprint}-{step}.arrow")}
+
     fn, kwargs = (_conversations, {"tokenizer": tokenizer, "assistant_only_loss": assistant_only_loss}) if conversational else (
         _texts, {"tokenizer": tokenizer})
     use_procs = num_proc if num_proc > 1 and len(dataset) >= 2 * BATCH_ROWS else None
     ds = dataset.map(fn, batched=True, batch_size=BATCH_ROWS, remove_columns=dataset.column_names, features=TOKENIZED,
-                     fn_kwargs=kwargs, num_proc=use_procs, new_fingerprint=f"{fingerprint}-tok", desc="Tokenizing")
+                     fn_kwargs=kwargs, num_proc=use_procs, desc="Tokenizing", **cached("tok"))
     if packing:
-        return pack_dataset(ds, max_length, packing_strategy, {"desc": f"Packing ({packing_strategy})"})
-    ds = ds.map(_truncate, batched=True, fn_kwargs={"max_length": max_length}, features=TOKENIZED, new_fingerprint=f"{fingerprint}-cut",
-                desc="Truncating")
-    return ds.filter(lambda labels: any(x != -100 for x in labels), input_columns="labels", new_fingerprint=f"{fingerprint}-kept",
-                     desc="Dropping fully masked rows")
+        return pack_dataset(ds, max_length, packing_strategy, {"desc": f"Packing ({packing_strategy})", **cached(f"pack-{packing_strategy}")})
+    ds = ds.map(_truncate, batched=True, fn_kwargs={"max_length": max_length}, features=TOKENIZED, desc="Truncating", **cached("cut"))
+    return ds.filter(lambda labels: any(x != -100 for x in labels), input_columns="labels", desc="Dropping fully masked rows",
+                     **cached("kept"))

@@ -128,8 +128,21 @@ def _check_store(ctx: StageContext) -> list[Finding]:
 
 
 def _check_local_sources(sources: list[dict]) -> list[Finding]:
-    return [problem("data", f"data source {s['name']}: {s['path']} not found — fix its path or add the file")
-            for s in sources if s.get("path") and not Path(s["path"]).is_file()]
+    from posttrain.data.sources import SourceError, local_kind
+
+    found = []
+    for s in sources:
+        if not s.get("path"):
+            continue
+        path = Path(s["path"])
+        if not path.exists():
+            found.append(problem("data", f"data source {s['name']}: {s['path']} not found — fix its path or add the file"))
+            continue
+        try:
+            local_kind(path)
+        except SourceError as e:
+            found.append(problem("data", f"data source {s['name']}: {e}"))
+    return found
 
 
 def _dataset_resolves(hub: str, revision: str, names: list[str]) -> list[Finding]:

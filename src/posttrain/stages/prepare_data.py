@@ -12,10 +12,10 @@ import logging
 from dataclasses import dataclass
 
 from posttrain.data import mixture
-from posttrain.data.artifacts import write_dataset
+from posttrain.data.artifacts import empty, write_dataset
 from posttrain.data.rows import OVER_MAX_LENGTH
 from posttrain.data.scan import EXAMPLES, OUT_FEATURES, Columns, Dropped, available_cpus, read_columns, scan
-from posttrain.data.sources import open_source, require_columns
+from posttrain.data.sources import open_source
 from posttrain.data.tokenize import tokenizer_digest
 from posttrain.models import materialize, read_model_ref
 from posttrain.stages.context import StageContext, StageResult
@@ -64,8 +64,7 @@ class Prepared:
 
 
 def _prepare(group: str, source: dict, settings: dict) -> Prepared:
-    opened = open_source(source, group)
-    require_columns(opened, source, group, *REQUIRED[group])
+    opened = open_source(source, group, REQUIRED[group])
     scanned = scan(opened, source, group, **{k: v for k, v in settings.items() if k != "max_invalid"})
     columns = read_columns(scanned)
     field_name = f"{group}.max_length"
@@ -85,7 +84,7 @@ def _with_repeat_ids(batch, indices, passes):
 def _mix(group: str, prepared: list[Prepared], group_tokens: int | None, seed: int):
     """Resample every source of a group to its token budget; returns the
     output Dataset, the stats entries, the plans and the per-source metadata."""
-    from datasets import Dataset, concatenate_datasets
+    from datasets import concatenate_datasets
 
     if group_tokens is not None and not any(p.source.get("weight") is not None for p in prepared):
         log.warning("data.%s_tokens=%d is ignored: no data.%s source gives a weight", group, group_tokens, group)
@@ -108,7 +107,7 @@ def _mix(group: str, prepared: list[Prepared], group_tokens: int | None, seed: i
         )
         sources.append({**_source_info(p.source), **p.revision, "rows_loaded": c.dropped.loaded, "rows_dropped": dict(c.dropped.counts),
                         **plan.summary()})
-    out = concatenate_datasets(parts) if parts else Dataset.from_list([], features=OUT_FEATURES[group])
+    out = concatenate_datasets(parts) if parts else empty(OUT_FEATURES[group])
     return out, stats, plans, sources
 
 
@@ -119,7 +118,7 @@ def _fill_keys(batch, indices, offset):
 
 def _prompts(sources: list[dict], settings: dict):
     """Prompts are taken as they are: no token mixture."""
-    from datasets import Dataset, concatenate_datasets
+    from datasets import concatenate_datasets
 
     parts, infos, dropped, offset = [], [], [], 0
     for source in sources:
@@ -131,7 +130,7 @@ def _prompts(sources: list[dict], settings: dict):
         dropped.append(("prompts", source["name"], p.columns.dropped))
         infos.append({**_source_info(source), **p.revision, "rows_loaded": p.columns.dropped.loaded,
                       "rows_dropped": dict(p.columns.dropped.counts), "rows_after": len(kept)})
-    out = concatenate_datasets(parts) if parts else Dataset.from_list([], features=OUT_FEATURES["prompts"])
+    out = concatenate_datasets(parts) if parts else empty(OUT_FEATURES["prompts"])
     return out, infos, dropped
 
 
