@@ -111,11 +111,14 @@ def test_kubernetes_settings_per_stage_kind(ir):
     recipe = load_recipe(RECIPE)
     executors = spec["deploymentSpec"]["executors"]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for task_name, kind in [("sft", "train"), ("preference-train-2", "train"), ("prefgen-1", "generate"), ("evaluate-sft", "generate"), ("prepare-data", "cpu")]:
-        res = recipe.cluster.resources[kind]
+    cases = [("sft", "train", "train"), ("preference-train-2", "train", "train"), ("prefgen-1", "generate", "generate"),
+             ("evaluate-sft", "generate", "generate"), ("select-best", "cpu", "cpu"), ("prepare-data", "cpu", "data"), ("tokenize-sft", "cpu", "data")]
+    for task_name, kind, sizing in cases:
+        res = recipe.cluster.resources[sizing]
         task, label = _executor(spec, task_name)
         container = executors[label]["container"]
         assert container["image"] == recipe.cluster.images[kind]
+        assert container["resources"].get("resourceCpuLimit") == res.cpu and container["resources"].get("resourceMemoryLimit") == res.memory
         assert {"name": "POSTTRAIN_STORE", "value": recipe.cluster.store_uri} in container.get("env", [])
         if res.gpus:
             assert container["resources"]["accelerator"]["resourceCount"] == str(res.gpus)

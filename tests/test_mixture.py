@@ -8,8 +8,8 @@ import pytest
 from conftest import ROOT
 
 from posttrain.data import mixture
-from posttrain.datasets_io import read_jsonl
 from posttrain.data.mixture import RowTokens, plan_group, repeat_id, resample, rng_for, stats_table, summarise, target_tokens
+from posttrain.datasets_io import read_jsonl
 
 SFT = read_jsonl(ROOT / "data" / "local" / "sft.jsonl")
 

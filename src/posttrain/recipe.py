@@ -17,7 +17,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from posttrain.image_lock import locked_images
-from posttrain.store import sha256_file as file_sha256
 
 # The losses the preference stage accepts (TRL's names where TRL has one): the
 # keys of posttrain/preference_losses.py's registry, which holds each loss's
@@ -724,7 +723,7 @@ def _pin_local_file(entry: dict, field: str, base_dir: Path, source: str) -> Non
     if not path.exists():
         raise RecipeError(
             f"{source}: invalid recipe\n  {field}.path = {entry['path']!r}: "
-            f"not found (looked for {path}); give a JSON-lines or Parquet file, or an Arrow folder, relative to the repository root"
+            f"file not found (looked for {path}); give a JSON-lines or Parquet file, or an Arrow folder, relative to the repository root"
         )
     try:
         local_kind(path)

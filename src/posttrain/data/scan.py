@@ -181,10 +181,20 @@ class Columns:
         return self.context + self.response
 
 
+def _shared_strings(column, names: dict) -> np.ndarray:
+    """An object array of the column's values, every equal value the same
+    Python string (8 bytes a row, not a new string per row)."""
+    encoded = column.combine_chunks().dictionary_encode() if hasattr(column, "combine_chunks") else column.dictionary_encode()
+    values = [names.setdefault(v, v) for v in encoded.dictionary.to_pylist()]
+    lookup = np.array(values + [None], dtype=object)
+    codes = encoded.indices.fill_null(len(values)).to_numpy(zero_copy_only=False)
+    return lookup[codes]
+
+
 def read_columns(scanned) -> Columns:
     """One pass over the stats columns, in Arrow batches."""
     dropped = Dropped(loaded=len(scanned))
-    kept, modes, turns, context, response = [], [], [], [], []
+    kept, modes, turns, context, response, names = [], [], [], [], [], {}
     longest, start = 0, 0
     stats = scanned.select_columns(list(STAT_FEATURES)).with_format("arrow")
     for batch in stats.iter(batch_size=8192):
@@ -201,7 +211,7 @@ def read_columns(scanned) -> Columns:
             if why == OVER_MAX_LENGTH:
                 longest = max(longest, int(ctx[j] + rsp[j]))
         kept.append(np.flatnonzero(ok) + start)
-        modes.append(np.asarray(batch["_mode"].to_pylist(), dtype=object)[ok])
+        modes.append(_shared_strings(batch["_mode"], names)[ok])
         turns.append(batch["_turns"].to_numpy(zero_copy_only=False)[ok])
         context.append(ctx[ok])
         response.append(rsp[ok])
