@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export POSTTRAIN_CACHE ?= $(CURDIR)/.cache
+# datasets' Arrow cache (sources and the data steps' map results) beside the models, removed by `make clean`.
+export HF_DATASETS_CACHE ?= $(POSTTRAIN_CACHE)/datasets
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false

@@ -241,24 +241,40 @@ def configs(data_file: Path, num_proc: int) -> tuple[dict, dict]:
 class Child:
     wall_s: float
     rss_mb: float  # ru_maxrss: the largest single process (the child or one of its workers)
-    tree_mb: float  # the child's and its workers' RSS summed, sampled
+    anon_mb: float  # the child's own peak anonymous RSS (RssAnon, sampled): RSS less the mapped file pages
+    tree_anon_mb: float  # the child's and its workers' anonymous RSS summed, sampled
     cpu_s: float  # user + system, the workers' included
-    peak_phase: str  # the child's last output line before its own sampled RSS reached its peak
+    rss_phase: str  # the child's last output line before its own sampled RSS reached its peak
+    anon_phase: str  # the same for its anonymous RSS
     load: float  # the machine's 1-minute load average when the child ended (other work on it shows here)
     metrics: dict
 
 
-PHASE = re.compile(r"^(.*?):\s+\d+%\|")
+# A progress bar line ("Tokenizing:  45%|...", "Generating train split: 686 examples [...]") names its phase before the colon.
+PHASE = re.compile(r"^(.*?):\s+(\d+%\||\d+ examples)")
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, anonymous RSS) of a process in MB, from /proc/<pid>/status. RSS
+    also counts the pages of memory-mapped files (the Arrow files datasets
+    reads), which the kernel can drop; the anonymous part it cannot."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon"):
+                fields[key] = int(value.split()[0]) / 1024
+    return fields.get("VmRSS", 0.0), fields.get("RssAnon", 0.0)
 
 
 class Watch:
-    """While a child runs: samples its RSS (its own, and summed with its
-    workers'), and copies its output to a log, timestamping each line."""
+    """While a child runs: samples its memory (its own, and its workers'
+    summed), and copies its output to a log, timestamping each line."""
 
     def __init__(self, proc: subprocess.Popen, log: Path):
         self.proc, self.log = proc, log
-        self.tree_peak = 0.0
-        self.own: list[tuple[float, float]] = []  # (time, the child's own RSS MB)
+        self.tree_anon_peak = 0.0
+        self.own: list[tuple[float, float, float]] = []  # (time, the child's own RSS MB, its anonymous RSS MB)
         self.lines: list[tuple[float, str]] = []
         self.done = threading.Event()
         self.threads = [threading.Thread(target=self._sample, daemon=True), threading.Thread(target=self._read, daemon=True)]
@@ -271,17 +287,17 @@ class Watch:
         try:
             root = psutil.Process(self.proc.pid)
             while not self.done.is_set():
-                own = root.memory_info().rss / 2**20
-                total = own
+                rss, anon = memory_mb(root.pid)
+                total = anon
                 for p in root.children(recursive=True):
                     try:
-                        total += p.memory_info().rss / 2**20
-                    except psutil.NoSuchProcess:
+                        total += memory_mb(p.pid)[1]
+                    except OSError:  # the worker has exited
                         pass
-                self.own.append((time.perf_counter(), own))
-                self.tree_peak = max(self.tree_peak, total)
+                self.own.append((time.perf_counter(), rss, anon))
+                self.tree_anon_peak = max(self.tree_anon_peak, total)
                 self.done.wait(SAMPLE_EVERY_S)
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, OSError):
             pass
 
     def _read(self) -> None:
@@ -298,19 +314,22 @@ class Watch:
         for t in self.threads:
             t.join()
 
-    def peak_phase(self) -> str:
-        """The phase in which the child's RSS first came within 2% of its
-        peak (RSS rarely falls: Python keeps its freed memory)."""
+    def anon_peak(self) -> float:
+        return max((anon for _, _, anon in self.own), default=0.0)
+
+    def peak_phase(self, column: int) -> str:
+        """The phase in which the child's RSS (column 1) or anonymous RSS
+        (column 2) first came within 2% of its peak (it rarely falls: Python
+        keeps the memory it frees)."""
         if not self.own:
             return "?"
-        peak = max(rss for _, rss in self.own)
-        reached = next(t for t, rss in self.own if rss >= 0.98 * peak)
+        peak = max(sample[column] for sample in self.own)
+        reached = next(sample[0] for sample in self.own if sample[column] >= 0.98 * peak)
         before = [line for t, line in self.lines if t <= reached]
         if not before:
             return "start-up"
-        line = before[-1]
-        match = PHASE.match(line)
-        return (match.group(1) if match else line)[:70]
+        match = PHASE.match(before[-1])
+        return (match.group(1) if match else before[-1])[:70]
 
 
 def run_stage(spec: dict, folder: Path, name: str, env: dict) -> Child:
@@ -330,8 +349,8 @@ def run_stage(spec: dict, folder: Path, name: str, env: dict) -> Child:
         tail = log.read_text(errors="replace")[-6000:]
         sys.exit(f"{name} failed (exit {proc.returncode}); last lines of its log:\n{tail}")
     metrics = json.loads(Path(spec["result"]).read_text())["metrics"]
-    return Child(wall, usage.ru_maxrss / 1024, watch.tree_peak, usage.ru_utime + usage.ru_stime, watch.peak_phase(),
-                 os.getloadavg()[0], metrics)
+    return Child(wall, usage.ru_maxrss / 1024, watch.anon_peak(), watch.tree_anon_peak, usage.ru_utime + usage.ru_stime,
+                 watch.peak_phase(1), watch.peak_phase(2), os.getloadavg()[0], metrics)
 
 
 @dataclass
@@ -353,8 +372,12 @@ class Run:
         return max(self.prepare.rss_mb, self.tokenize.rss_mb)
 
     @property
-    def tree_mb(self) -> float:
-        return max(self.prepare.tree_mb, self.tokenize.tree_mb)
+    def anon_mb(self) -> float:
+        return max(self.prepare.anon_mb, self.tokenize.anon_mb)
+
+    @property
+    def tree_anon_mb(self) -> float:
+        return max(self.prepare.tree_anon_mb, self.tokenize.tree_anon_mb)
 
     @property
     def rows(self) -> float:
@@ -436,16 +459,24 @@ def bare_tokenizer(data_file: Path) -> dict:
 
 def runs_table(runs: list[Run]) -> str:
     lines = ["| MB | num_proc | rows in | rows kept | tokens | prepare s | tokenize s | prepare CPU s | tokenize CPU s | "
-             "prepare RSS MB | tokenize RSS MB | summed RSS MB (sampled) | rows/s | tokens/s | MB/s | disk MB | load avg |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "prepare peak RSS MB | tokenize peak RSS MB | prepare anon MB | tokenize anon MB | summed anon MB with workers | "
+             "rows/s | tokens/s | MB/s | disk MB | load avg |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
-        lines.append(f"| {r.mb:.1f} | {r.num_proc} | {r.lines:,} | {r.rows:,.0f} | {r.tokens:,.0f} | {r.prepare.wall_s:.1f} | "
-                     f"{r.tokenize.wall_s:.1f} | {r.prepare.cpu_s:.1f} | {r.tokenize.cpu_s:.1f} | {r.prepare.rss_mb:.0f} | "
-                     f"{r.tokenize.rss_mb:.0f} | {r.tree_mb:.0f} | {r.rows / r.wall_s:,.0f} | {r.tokens / r.wall_s:,.0f} | "
-                     f"{r.mb / r.wall_s:.2f} | {r.disk_bytes / 1e6:,.0f} | {r.prepare.load:.1f}, {r.tokenize.load:.1f} |")
-    lines += ["", "Where each child's own RSS reached its peak (its last output line before its sampled RSS first came within 2% of the peak):", "",
-              "| MB | num_proc | prepare_data | tokenize |", "|---:|---:|---|---|"]
-    lines += [f"| {r.mb:.1f} | {r.num_proc} | {r.prepare.peak_phase} | {r.tokenize.peak_phase} |" for r in runs]
+        p, t = r.prepare, r.tokenize
+        lines.append(f"| {r.mb:.1f} | {r.num_proc} | {r.lines:,} | {r.rows:,.0f} | {r.tokens:,.0f} | {p.wall_s:.1f} | {t.wall_s:.1f} | "
+                     f"{p.cpu_s:.1f} | {t.cpu_s:.1f} | {p.rss_mb:.0f} | {t.rss_mb:.0f} | {p.anon_mb:.0f} | {t.anon_mb:.0f} | "
+                     f"{r.tree_anon_mb:.0f} | {r.rows / r.wall_s:,.0f} | {r.tokens / r.wall_s:,.0f} | {r.mb / r.wall_s:.2f} | "
+                     f"{r.disk_bytes / 1e6:,.0f} | {p.load:.1f}, {t.load:.1f} |")
+    lines += ["", "Peak RSS: os.wait4's ru_maxrss (the child or its largest worker); anon: the child's own anonymous RSS "
+              "(RssAnon, sampled every 0.2 s), i.e. without the pages of the memory-mapped Arrow files, which the kernel can "
+              "drop; summed: the child's and its workers' anonymous RSS together. Load avg: the 1-minute load average at the "
+              "end of each child (other work on the machine).", "",
+              "Where each child's memory reached its peak (its last output line before the sampled figure first came within 2% "
+              "of its peak):", "", "| MB | num_proc | prepare_data RSS | prepare_data anon | tokenize RSS | tokenize anon |",
+              "|---:|---:|---|---|---|---|"]
+    lines += [f"| {r.mb:.1f} | {r.num_proc} | {r.prepare.rss_phase} | {r.prepare.anon_phase} | {r.tokenize.rss_phase} | "
+              f"{r.tokenize.anon_phase} |" for r in runs]
     return "\n".join(lines)
 
 
@@ -456,57 +487,73 @@ def extrapolation(one: Run, two: Run) -> str:
     efficiency = speedup / 2
     mb_per_s = one.mb / one.wall_s * POD_CPUS * efficiency
     disk_per_byte = one.disk_bytes / (one.mb * 1e6)
-    # Summed RSS, linear in the worker count through the two measured points.
-    per_worker_mb = max(0.0, two.tree_mb - one.tree_mb)
-    memory_gb = (one.tree_mb + (POD_CPUS - 1) * per_worker_mb) / 1024
-    cpu_s_per_mb = (one.prepare.cpu_s + one.tokenize.cpu_s) / one.mb
+    # Summed anonymous RSS, linear in the worker count through the two measured points.
+    per_worker_mb = max(0.0, two.tree_anon_mb - one.tree_anon_mb)
+    memory_gb = (one.tree_anon_mb + (POD_CPUS - 1) * per_worker_mb) / 1024
+    cpu_s_per_mb = cpu(one) / one.mb
     lines = [
         f"Linear extrapolation from the figures measured at {one.mb:.0f} MB (not a measurement): prepare+tokenize at "
         f"{one.mb / one.wall_s:.2f} MB/s with num_proc 1, assumed to scale linearly with CPUs at an efficiency of "
         f"(measured 2-worker speed-up {speedup:.2f}) / 2 = {efficiency:.2f}: {mb_per_s:.1f} MB/s on {POD_CPUS} CPUs with "
         f"num_proc {POD_CPUS}, the same for any data size (time linear in the MB of text, per-row costs folded in). "
-        f"Memory: the summed RSS of the stage and its workers, linear in the worker count through the two measured points "
-        f"({one.tree_mb:,.0f} MB with 1, {two.tree_mb:,.0f} MB with 2: +{per_worker_mb:,.0f} MB a worker; each worker's "
-        f"RSS counts the pages it shares with its parent, so an upper bound), flat in the data size as measured. "
+        f"Memory: the summed anonymous RSS of the stage and its workers, linear in the worker count through the two measured "
+        f"points ({one.tree_anon_mb:,.0f} MB with 1, {two.tree_anon_mb:,.0f} MB with 2: +{per_worker_mb:,.0f} MB a worker; "
+        f"a forked worker also counts the pages it still shares with its parent, so an upper bound), taken as flat in the data "
+        f"size (see the peak RSS row for how flat it measured); the page cache of the memory-mapped Arrow files comes on top "
+        f"and is reclaimable. "
         f"Disk: {disk_per_byte:.2f} bytes per input byte (datasets cache + prepare_data artifacts + store, measured), linear. "
         f"The last time column is a bound that other work on this machine does not move: the CPU seconds measured per MB "
         f"({cpu_s_per_mb:.2f}, both children, num_proc 1) spread perfectly over {POD_CPUS} CPUs.",
         "",
-        f"| dataset | text GB | rows | where the size comes from | time on a {POD_CPUS}-CPU pod | peak memory | disk for Arrow caches + store "
-        f"| time if CPU-bound and perfectly parallel |",
+        f"| dataset | text GB | rows | where the size comes from | time on a {POD_CPUS}-CPU pod | peak memory "
+        "| disk for Arrow caches + store | time if CPU-bound and perfectly parallel |",
         "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for name, gb, rows, source in TARGETS:
-        seconds = gb * 1000 / mb_per_s
-        lines.append(f"| {name} | {gb:.0f} | {rows:,} | {source} | {seconds / 3600:.1f} h | {memory_gb:.1f} GB | {gb * disk_per_byte:,.0f} GB | "
-                     f"{gb * 1000 * cpu_s_per_mb / POD_CPUS / 3600:.1f} h |")
+        hours, bound = gb * 1000 / mb_per_s / 3600, gb * 1000 * cpu_s_per_mb / POD_CPUS / 3600
+        lines.append(f"| {name} | {gb:.0f} | {rows:,} | {source} | {hours:.1f} h | {memory_gb:.1f} GB | {gb * disk_per_byte:,.0f} GB "
+                     f"| {bound:.1f} h |")
     return "\n".join(lines)
+
+
+def cpu(run: Run) -> float:
+    return run.prepare.cpu_s + run.tokenize.cpu_s
 
 
 def report_rows(runs: dict[tuple[float, int], Run], sizes: list[float], bare: dict, setup: str) -> None:
     small, middle, large = (runs[(s, 1)] for s in sizes)
     two = runs[(sizes[-1], 2)]
-    rss = large.rss_mb / small.rss_mb
+    rss, anon = large.rss_mb / small.rss_mb, large.anon_mb / small.anon_mb
     print(f"\npeak RSS (max of the two children, num_proc 1): {small.rss_mb:.0f} MB at {small.mb:.1f} MB of data, "
           f"{middle.rss_mb:.0f} MB at {middle.mb:.1f} MB, {large.rss_mb:.0f} MB at {large.mb:.1f} MB; 16x / 1x = {rss:.2f}")
-    report("data: peak RSS at 16x data / at 1x", f"peak RSS of prepare_data/tokenize (the larger child) at {large.mb:.0f} MB of JSONL (A) "
-           f"vs at {small.mb:.1f} MB (B), num_proc 1", large.rss_mb, small.rss_mb, unit="MB", goal=("<=", GOAL_RSS), setup=setup,
-           limits="what grows with the rows: prepare_data's numpy index/count arrays (a few bytes a row) and datasets' "
-                  "per-file bookkeeping; see the per-size table in the log")
+    print(f"peak anonymous RSS (the same without mapped file pages): {small.anon_mb:.0f} MB, {middle.anon_mb:.0f} MB, "
+          f"{large.anon_mb:.0f} MB; 16x / 1x = {anon:.2f}")
+
+    def where(c: Child, c1: Child) -> str:
+        return (f"RSS {c.rss_mb:.0f} MB (vs {c1.rss_mb:.0f}), reached in '{c.rss_phase}'; anonymous {c.anon_mb:.0f} MB "
+                f"(vs {c1.anon_mb:.0f}), reached in '{c.anon_phase}'")
+
+    report("data: peak RSS at 16x data / at 1x", f"peak RSS (os.wait4 ru_maxrss) of prepare_data / tokenize, the larger child, at "
+           f"{large.mb:.0f} MB of JSONL (A) vs at {small.mb:.1f} MB (B), num_proc 1", large.rss_mb, small.rss_mb, unit="MB",
+           goal=("<=", GOAL_RSS), setup=setup,
+           limits=f"at {large.mb:.0f} MB (vs {small.mb:.0f} MB) prepare_data: {where(large.prepare, small.prepare)}; tokenize: "
+                  f"{where(large.tokenize, small.tokenize)}. RSS counts the pages of the memory-mapped Arrow files a pass has "
+                  f"read (the kernel can drop them): the anonymous RSS is what the stage itself holds "
+                  f"(16x / 1x = {anon:.2f})")
 
     speedup = large.wall_s / two.wall_s
     print(f"throughput at {large.mb:.0f} MB: {large.tokens / large.wall_s:,.0f} tokens/s with num_proc 1, "
-          f"{two.tokens / two.wall_s:,.0f} with num_proc 2 (x{speedup:.2f}); CPU seconds {large.prepare.cpu_s + large.tokenize.cpu_s:.0f} "
-          f"vs {two.prepare.cpu_s + two.tokenize.cpu_s:.0f}")
+          f"{two.tokens / two.wall_s:,.0f} with num_proc 2 (x{speedup:.2f}); CPU seconds {cpu(large):.0f} vs {cpu(two):.0f}")
     serial = two.tokenize.metrics.get("tokenize.rows", 0)
     report("data: prepare+tokenize throughput, num_proc 2 / 1", f"tokens/s of prepare_data + tokenize (summed wall time) at "
            f"{large.mb:.0f} MB with num_proc 2 (A) vs 1 (B)", two.tokens / two.wall_s, large.tokens / large.wall_s, unit="tokens/s",
            goal=(">=", GOAL_SPEEDUP), setup=setup,
            limits=f"{os.cpu_count()} CPUs: 2.0 is the ceiling, less what stays in one process: process start and imports "
-                  f"(~{small.wall_s:.0f} s at the smallest size), tokenize's packing (TRL's pack_dataset, one process, into "
-                  f"{serial:,.0f} packed rows), writing the Arrow shards and the store copy; with num_proc 1 the fast tokenizer "
-                  f"already runs batches on both cores (CPU s / wall s of the num_proc 1 run: "
-                  f"{(large.prepare.cpu_s + large.tokenize.cpu_s) / large.wall_s:.2f})")
+                  f"(~{small.wall_s:.0f} s for both stages at the smallest size), the JSON-lines load, tokenize's template lint and "
+                  f"packing (TRL's pack_dataset, one process, into {serial:,.0f} packed rows), writing the Arrow shards and the "
+                  f"store copy; and other work on the machine: 1-minute load average {two.prepare.load:.1f} / "
+                  f"{two.tokenize.load:.1f} at the end of the num_proc 2 children (CPU s / wall s: num_proc 1 "
+                  f"{cpu(large) / large.wall_s:.2f}, num_proc 2 {cpu(two) / two.wall_s:.2f})")
 
     step = large.tokens / large.wall_s
     bare_rate = bare["tokens"] / bare["wall_s"]
@@ -533,6 +580,46 @@ def report_rows(runs: dict[tuple[float, int], Run], sizes: list[float], bare: di
         sys.exit(f"FAILED: the tokenize rerun did not reuse the store (tokenize.reused = {reused})")
 
 
+def data_files(tmp: Path, sizes: list[float], seed: int) -> dict[float, Path]:
+    """The largest file generated, the others its leading rows."""
+    start = time.perf_counter()
+    largest = tmp / f"sft-{sizes[-1]:g}MB.jsonl"
+    write_jsonl(largest, int(sizes[-1] * 1e6), seed)
+    files = {sizes[-1]: largest}
+    for size in sizes[:-1]:
+        files[size] = tmp / f"sft-{size:g}MB.jsonl"
+        leading_rows(largest, files[size], int(size * 1e6))
+    print(f"generated {sizes[-1]:g} MB of JSONL ({line_count(largest):,} rows) in {time.perf_counter() - start:.0f} s",
+          file=sys.stderr, flush=True)
+    return files
+
+
+def keep_logs(work: Path, logs: Path) -> None:
+    keep = logs / work.name
+    keep.mkdir(parents=True, exist_ok=True)
+    for f in work.glob("*.*"):
+        if f.is_file():
+            shutil.copy(f, keep / f.name)
+
+
+def measure_all(tmp: Path, files: dict[float, Path], logs: Path | None) -> dict[tuple[float, int], Run]:
+    """Every size with num_proc 1, the largest also with 2; the rerun after
+    the largest num_proc 1 run. Each run's folders are removed after it."""
+    base = tmp / "base"
+    write_model_ref(base, ModelRef(uri="local:tiny"))
+    sizes = sorted(files)
+    runs = {}
+    for size, num_proc in [(s, 1) for s in sizes] + [(sizes[-1], 2)]:
+        work = tmp / f"run-{size:g}MB-np{num_proc}"
+        runs[(size, num_proc)] = run = measure(files[size], base, work, num_proc, rerun=(size == sizes[-1] and num_proc == 1))
+        print(f"{size:g} MB num_proc {num_proc}: prepare {run.prepare.wall_s:.1f} s / {run.prepare.rss_mb:.0f} MB, tokenize "
+              f"{run.tokenize.wall_s:.1f} s / {run.tokenize.rss_mb:.0f} MB", file=sys.stderr, flush=True)
+        if logs:
+            keep_logs(work, logs)
+        shutil.rmtree(work)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", type=float, nargs=3, default=None, help=f"three JSONL sizes in MB (default {SIZES_MB})")
@@ -544,47 +631,23 @@ def main() -> None:
     start = time.perf_counter()
     prepare("tiny")
     with tempfile.TemporaryDirectory(prefix="bench-data-scale-", dir="/tmp") as tmp:
-        tmp = Path(tmp)
-        base = tmp / "base"
-        write_model_ref(base, ModelRef(uri="local:tiny"))
-        files = {}
-        largest = tmp / f"sft-{sizes[-1]:g}MB.jsonl"
-        t = time.perf_counter()
-        write_jsonl(largest, int(sizes[-1] * 1e6), args.seed)
-        for size in sizes[:-1]:
-            files[size] = tmp / f"sft-{size:g}MB.jsonl"
-            leading_rows(largest, files[size], int(size * 1e6))
-        files[sizes[-1]] = largest
-        print(f"generated {sizes[-1]:g} MB of JSONL ({line_count(largest):,} rows) in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-        runs: dict[tuple[float, int], Run] = {}
-        plan = [(s, 1) for s in sizes] + [(sizes[-1], 2)]
-        for size, num_proc in plan:
-            work = tmp / f"run-{size:g}MB-np{num_proc}"
-            runs[(size, num_proc)] = run = measure(files[size], base, work, num_proc, rerun=(size == sizes[-1] and num_proc == 1))
-            print(f"{size:g} MB num_proc {num_proc}: prepare {run.prepare.wall_s:.1f} s / {run.prepare.rss_mb:.0f} MB, tokenize "
-                  f"{run.tokenize.wall_s:.1f} s / {run.tokenize.rss_mb:.0f} MB", file=sys.stderr, flush=True)
-            if args.logs:
-                keep = args.logs / work.name
-                keep.mkdir(parents=True, exist_ok=True)
-                for f in work.glob("*.*"):
-                    if f.is_file():
-                        shutil.copy(f, keep / f.name)
-            shutil.rmtree(work)
-        bare = bare_tokenizer(largest)
+        files = data_files(Path(tmp), sizes, args.seed)
+        runs = measure_all(Path(tmp), files, args.logs)
+        bare = bare_tokenizer(files[sizes[-1]])
     total = time.perf_counter() - start
-    first = runs[(sizes[0], 1)]
-    dropped = first.lines - first.rows
-    setup = (f"synthetic smoltalk2-shaped SFT JSONL of {', '.join(f'{s:g}' for s in sizes)} MB (16x span; the issue's 0.1/0.4/1.6 GB "
-             f"scaled down to fit a {os.cpu_count()}-CPU machine; mean row {sizes[-1] * 1e6 / runs[(sizes[-1], 1)].lines / 1e3:.1f} KB, "
+    small, large = runs[(sizes[0], 1)], runs[(sizes[-1], 1)]
+    setup = (f"synthetic smoltalk2-shaped SFT JSONL of {', '.join(f'{s:g}' for s in sizes)} MB ({sizes[-1] / sizes[0]:g}x span; the "
+             f"issue's 0.1/0.4/1.6 GB scaled down to fit a {os.cpu_count()}-CPU machine; mean row {large.mb * 1e3 / large.lines:.1f} KB, "
              f"0.5% broken rows), `tiny` recipe with sft.max_length {MAX_LENGTH}, the stages as child processes "
              "(`python -m posttrain.stages`), cold datasets cache and store per run"
-             + (" — quick mode" if args.quick else ""))
+             + (" — quick mode: the files have fewer rows than 2 batches, so num_proc 2 runs one process" if args.quick else ""))
     print(f"\ndata path at scale: {setup}")
-    print(f"(rows in - rows kept at the smallest size: {dropped:,.0f}, the broken and over-max-length rows)\n")
+    print(f"(rows in - rows kept: {small.lines - small.rows:,.0f} at the smallest size, {large.lines - large.rows:,.0f} at the largest: "
+          "the broken and the over-max-length rows)\n")
     print(runs_table(list(runs.values())))
     report_rows(runs, sizes, bare, setup)
     print()
-    print(extrapolation(runs[(sizes[-1], 1)], runs[(sizes[-1], 2)]))
+    print(extrapolation(large, runs[(sizes[-1], 2)]))
     print(f"\ntotal wall time {total / 60:.1f} min")
 
 

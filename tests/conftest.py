@@ -10,6 +10,8 @@ RECIPE = ROOT / "pipelines" / "smollm3.yaml"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("POSTTRAIN_CACHE", str(ROOT / ".cache"))
+# As the Makefile sets it: no Rust tokenizer threads in forked map workers.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture

@@ -122,12 +122,14 @@ def _spec(tmp_path, name: str, stage: str, config: dict, inputs: dict, outputs: 
 
 
 def _run_killed_then_again(cmd, env, needle: str) -> None:
-    """Start, kill -9 once `needle` shows in its stderr, run again to the end."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """Start, kill -9 once `needle` shows in its stderr (the pass over the rows
+    has begun), run again to the end."""
+    # Its own process group: the kill takes its map workers too, as a pod's end does.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     seen, deadline = b"", time.monotonic() + 300
     while needle.encode() not in seen and proc.poll() is None and time.monotonic() < deadline:
         seen += os.read(proc.stderr.fileno(), 4096)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "finished before it could be killed"
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -137,7 +139,8 @@ def _run_killed_then_again(cmd, env, needle: str) -> None:
 def test_kill_9_in_prepare_data_and_tokenize_then_rerun_gives_identical_artifacts(tmp_path):
     recipe = load_recipe(RECIPE, "tiny")
     big = tmp_path / "big.jsonl"
-    big.write_text("".join(json.dumps({**r, "id": f"{r['id']}-{k}"}) + "\n" for k in range(20) for r in SFT))  # 3320 rows
+    big.write_text("".join(json.dumps({**r, "id": f"{r['id']}-{k}"}) + "\n" for k in range(8) for r in SFT))  # 1328 rows: two workers
+
     cfg = stage_configs(recipe)["prepare_data"]
     cfg["data"].update(sft=[{**cfg["data"]["sft"][0], "path": str(big), "max_examples": None}], num_proc=2)
     write_model_ref(tmp_path / "base", ModelRef(uri="local:tiny"))

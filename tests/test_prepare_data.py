@@ -17,10 +17,11 @@ from posttrain.data.scan import read_columns, scan
 from posttrain.data.sources import hub_revision, open_source, read_rows
 from posttrain.datasets_io import read_jsonl
 from posttrain.models import ModelRef, write_model_ref
-from posttrain.recipe import Recipe, apply_overrides, file_sha256, load_recipe
+from posttrain.recipe import Recipe, apply_overrides, load_recipe
 from posttrain.stages import prepare_data
 from posttrain.stages.context import STORE_ENV, StageContext
 from posttrain.stages.prepare_data import DataError, check_dropped
+from posttrain.store import sha256_file as file_sha256
 from posttrain.templates import load_template, row_template_kwargs
 
 GOOD = {"id": "ok", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}

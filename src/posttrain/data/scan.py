@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +130,30 @@ def _scan_batch(batch, indices, *, group, name, json_lines, lines, where, tokeni
     return {**out, **stats}
 
 
+def workers(num_proc: int, rows: int) -> int | None:
+    """`num_proc` for a map over `rows` rows: None (this process) when there is
+    less than a batch for each worker."""
+    return None if num_proc <= 1 or rows < 2 * BATCH_ROWS else num_proc
+
+
+@contextmanager
+def same_environ():
+    """A `map` with workers leaves `os.environ` a deep copy of itself (datasets
+    5.2 turns the tokenizer's threads off that way, arrow_dataset.py), so code
+    holding the original object stops seeing changes. Put the original back,
+    with what the copy holds."""
+    original = os.environ
+    try:
+        yield
+    finally:
+        if os.environ is not original:
+            current = dict(os.environ)
+            os.environ = original  # noqa: B003 - restoring the object datasets replaced
+            for key in set(original) - set(current):
+                del original[key]
+            original.update(current)
+
+
 def cache_dir(step: str) -> Path:
     """Where a step's map results go: under the datasets cache (the cache PVC
     on a cluster), never beside its input (a read-only artifact or a user's folder)."""
@@ -153,14 +178,15 @@ def scan(opened: Opened, source: dict, group: str, *, tokenizer=None, template: 
         return empty(features)
     folder = cache_dir("scan")
     folder.mkdir(parents=True, exist_ok=True)
-    return ds.map(
-        _scan_batch, batched=True, batch_size=BATCH_ROWS, with_indices=True, remove_columns=ds.column_names, features=features,
-        num_proc=num_proc if num_proc > 1 and len(ds) >= 2 * BATCH_ROWS else None, new_fingerprint=key,
-        desc=f"data.{group} {source['name']}: checking and counting tokens",
-        fn_kwargs=dict(group=group, name=source["name"], json_lines=opened.json_lines, lines=opened.lines, where=where,
-                       tokenizer=tokenizer, template=template, max_length=max_length),
-        cache_file_name=str(folder / f"scan-{key}.arrow"),
-    )
+    with same_environ():
+        return ds.map(
+            _scan_batch, batched=True, batch_size=BATCH_ROWS, with_indices=True, remove_columns=ds.column_names, features=features,
+            num_proc=workers(num_proc, len(ds)), new_fingerprint=key,
+            desc=f"data.{group} {source['name']}: checking and counting tokens",
+            fn_kwargs=dict(group=group, name=source["name"], json_lines=opened.json_lines, lines=opened.lines, where=where,
+                           tokenizer=tokenizer, template=template, max_length=max_length),
+            cache_file_name=str(folder / f"scan-{key}.arrow"),
+        )
 
 
 @dataclass

@@ -93,7 +93,7 @@ def tokenize_and_pack(dataset, tokenizer, *, conversational: bool, assistant_onl
     and (with packing) packed: TRL's prepared dataset for the same rows."""
     from trl import pack_dataset
 
-    from posttrain.data.scan import cache_dir
+    from posttrain.data.scan import cache_dir, same_environ, workers
 
     folder = cache_dir("tokenize")
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,9 +103,9 @@ def tokenize_and_pack(dataset, tokenizer, *, conversational: bool, assistant_onl
 
     fn, kwargs = (_conversations, {"tokenizer": tokenizer, "assistant_only_loss": assistant_only_loss}) if conversational else (
         _texts, {"tokenizer": tokenizer})
-    use_procs = num_proc if num_proc > 1 and len(dataset) >= 2 * BATCH_ROWS else None
-    ds = dataset.map(fn, batched=True, batch_size=BATCH_ROWS, remove_columns=dataset.column_names, features=TOKENIZED,
-                     fn_kwargs=kwargs, num_proc=use_procs, desc="Tokenizing", **cached("tok"))
+    with same_environ():
+        ds = dataset.map(fn, batched=True, batch_size=BATCH_ROWS, remove_columns=dataset.column_names, features=TOKENIZED,
+                         fn_kwargs=kwargs, num_proc=workers(num_proc, len(dataset)), desc="Tokenizing", **cached("tok"))
     if packing:
         return pack_dataset(ds, max_length, packing_strategy, {"desc": f"Packing ({packing_strategy})", **cached(f"pack-{packing_strategy}")})
     ds = ds.map(_truncate, batched=True, fn_kwargs={"max_length": max_length}, features=TOKENIZED, desc="Truncating", **cached("cut"))

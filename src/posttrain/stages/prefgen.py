@@ -91,8 +91,9 @@ def chunk_rows(rows: list[dict], chunk: int, chunks: int, seed: int) -> list[dic
 def chunk_prompts(prompts, chunk: int, chunks: int, seed: int) -> list[dict]:
     """This chunk's rows of the prompts Dataset: strata from its columns, then
     only the chunk's rows read (as generators and graders take them)."""
-    columns = [c for c in ("source", "reasoning_mode", "chat_template_kwargs") if c in prompts.column_names]
-    strata = [stratum(r) for r in prompts.select_columns(columns).to_list()] if columns else [stratum({})] * len(prompts)
+    # A prepare_data prompts artifact has no mode column: the strata are its sources (one tuple a row).
+    sources = prompts["source"] if "source" in prompts.column_names else [None] * len(prompts)
+    strata = [(str(s), "None") for s in sources]
     return [prompt_row(r) for r in prompts.select(chunk_indices(strata, chunk, chunks, seed)).to_list()]
 
 
