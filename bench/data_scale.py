@@ -2,12 +2,17 @@
 child process (`python -m posttrain.stages SPEC.json`, as a pod runs it), on
 synthetic smoltalk2-shaped SFT data of three sizes 16x apart.
 
-    python bench/data_scale.py [--sizes-mb 25 100 400] [--quick]
+    python bench/data_scale.py [--sizes-mb 16 64 256] [--quick] [--logs DIR]
+
+Default sizes 16, 64 and 256 MB of JSON lines (~16 min on a 2-CPU machine):
+the issue's 0.1 / 0.4 / 1.6 GB scaled down, the 16x span kept. `--quick`
+(0.5, 2, 8 MB) is a smoke run of the machinery, not figures: its files are
+smaller than one batch of rows, so neither flat memory nor workers show.
 
 The data, generated here and deterministic from `--seed`: JSON lines
 `{"id", "messages", "reasoning"}`, 1-4 user/assistant exchanges (a system turn
 in some), half think and half no_think rows, lognormal lengths (mean row about
-13 KB as in smoltalk2, a few rows many times longer, some over max_length),
+12 KB, near smoltalk2's 13; a few rows many times longer, some over max_length),
 text of words drawn Zipf-like from a fixed vocabulary (common English words
 and a few thousand made-up ones, some non-ASCII), punctuation and digits, and
 0.5% of rows broken on purpose (no messages, a number as content, an unknown
@@ -22,13 +27,16 @@ Measured, per size and `data.num_proc`:
 - wall time of each child (time.perf_counter around it), its peak RSS
   (`os.wait4`'s ru_maxrss: the child's own, or its largest worker's, not the
   sum; not this process's) and its CPU time (user + system, the workers'
-  included); besides, the summed RSS of the child and its workers sampled
-  every 0.2 s (psutil), which shows what `num_proc` workers add;
+  included); besides, sampled every 0.2 s from /proc: the child's anonymous
+  RSS (RSS less the pages of memory-mapped files, i.e. of the Arrow files
+  that datasets reads, which the kernel can drop), its workers' anonymous RSS
+  summed (what `num_proc` workers add), and the output line after which each
+  peak was reached; the 1-minute load average shows other work on the machine;
 - rows and tokens from the stages' result metrics (`data.sft.*`, `tokenize.*`);
 - bytes on disk after both stages: the datasets cache (`HF_DATASETS_CACHE`,
-  fresh for each size and worker count, so every cold run is cold),
-  prepare_data's artifacts (tokenize's `map` cache files land beside them) and
-  the checkpoint store (`POSTTRAIN_STORE`) holding the tokenized data;
+  fresh for each size and worker count, so every cold run is cold; both
+  stages' `map` cache files land there), prepare_data's artifacts and the
+  checkpoint store (`POSTTRAIN_STORE`) holding the tokenized data;
 - a rerun of tokenize with the same store and caches (the training stage's
   data preparation on a retry): `tokenize.reused` must be 1.0;
 - the bare fast tokenizer, in this process: every usable conversation of the
@@ -78,7 +86,7 @@ from posttrain.models import ModelRef, write_model_ref  # noqa: E402
 from posttrain.recipe import apply_overrides, load_recipe  # noqa: E402
 from posttrain.store import sha256_file  # noqa: E402
 
-# The issue's 0.1 / 0.4 / 1.6 GB, scaled down to finish in ~20 min on a 2-CPU machine; the span stays 16x.
+# The issue's 0.1 / 0.4 / 1.6 GB, scaled down to finish in ~16 min on a 2-CPU machine; the span stays 16x.
 SIZES_MB = (16.0, 64.0, 256.0)
 QUICK_SIZES_MB = (0.5, 2.0, 8.0)
 MAX_LENGTH = 32768
@@ -154,7 +162,7 @@ def prose(rng: random.Random, vocab: Vocab, n_words: int) -> str:
 
 def conversation(rng: random.Random, vocab: Vocab, n: int) -> dict:
     """One smoltalk2-shaped row: lognormal total length (median ~1350 words,
-    mean ~1900, i.e. ~13 KB of JSON; 1 row in 1000 over ~16k words), split into
+    mean ~1900, i.e. ~12 KB of JSON; 1 row in 1000 over ~16k words), split into
     1-4 exchanges; assistant turns get most of the words."""
     words = int(rng.lognormvariate(math.log(1350), 0.8)) + 30
     exchanges = rng.choices((1, 2, 3, 4), weights=(5, 3, 2, 1))[0]
@@ -242,7 +250,7 @@ class Child:
     wall_s: float
     rss_mb: float  # ru_maxrss: the largest single process (the child or one of its workers)
     anon_mb: float  # the child's own peak anonymous RSS (RssAnon, sampled): RSS less the mapped file pages
-    tree_anon_mb: float  # the child's and its workers' anonymous RSS summed, sampled
+    workers_anon_mb: float  # its worker processes' anonymous RSS summed, sampled (0 without workers)
     cpu_s: float  # user + system, the workers' included
     rss_phase: str  # the child's last output line before its own sampled RSS reached its peak
     anon_phase: str  # the same for its anonymous RSS
@@ -273,7 +281,7 @@ class Watch:
 
     def __init__(self, proc: subprocess.Popen, log: Path):
         self.proc, self.log = proc, log
-        self.tree_anon_peak = 0.0
+        self.workers_anon_peak = 0.0
         self.own: list[tuple[float, float, float]] = []  # (time, the child's own RSS MB, its anonymous RSS MB)
         self.lines: list[tuple[float, str]] = []
         self.done = threading.Event()
@@ -288,14 +296,14 @@ class Watch:
             root = psutil.Process(self.proc.pid)
             while not self.done.is_set():
                 rss, anon = memory_mb(root.pid)
-                total = anon
+                workers = 0.0
                 for p in root.children(recursive=True):
                     try:
-                        total += memory_mb(p.pid)[1]
+                        workers += memory_mb(p.pid)[1]
                     except OSError:  # the worker has exited
                         pass
                 self.own.append((time.perf_counter(), rss, anon))
-                self.tree_anon_peak = max(self.tree_anon_peak, total)
+                self.workers_anon_peak = max(self.workers_anon_peak, workers)
                 self.done.wait(SAMPLE_EVERY_S)
         except (psutil.NoSuchProcess, OSError):
             pass
@@ -349,7 +357,7 @@ def run_stage(spec: dict, folder: Path, name: str, env: dict) -> Child:
         tail = log.read_text(errors="replace")[-6000:]
         sys.exit(f"{name} failed (exit {proc.returncode}); last lines of its log:\n{tail}")
     metrics = json.loads(Path(spec["result"]).read_text())["metrics"]
-    return Child(wall, usage.ru_maxrss / 1024, watch.anon_peak(), watch.tree_anon_peak, usage.ru_utime + usage.ru_stime,
+    return Child(wall, usage.ru_maxrss / 1024, watch.anon_peak(), watch.workers_anon_peak, usage.ru_utime + usage.ru_stime,
                  watch.peak_phase(1), watch.peak_phase(2), os.getloadavg()[0], metrics)
 
 
@@ -360,12 +368,16 @@ class Run:
     num_proc: int
     prepare: Child
     tokenize: Child
-    disk_bytes: int
+    disk: dict[str, int]  # bytes after both stages: datasets cache, prepare_data's artifacts, the store
     rerun: Child | None = None
 
     @property
     def wall_s(self) -> float:
         return self.prepare.wall_s + self.tokenize.wall_s
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(self.disk.values())
 
     @property
     def rss_mb(self) -> float:
@@ -376,8 +388,8 @@ class Run:
         return max(self.prepare.anon_mb, self.tokenize.anon_mb)
 
     @property
-    def tree_anon_mb(self) -> float:
-        return max(self.prepare.tree_anon_mb, self.tokenize.tree_anon_mb)
+    def workers_anon_mb(self) -> float:
+        return max(self.prepare.workers_anon_mb, self.tokenize.workers_anon_mb)
 
     @property
     def rows(self) -> float:
@@ -410,7 +422,7 @@ def measure(data_file: Path, base: Path, work: Path, num_proc: int, rerun: bool)
                 "outputs": {"tokenized": str(work / "tokenized")}}
     tok = run_stage(dict(tok_spec), work, "tokenize", env)
     run = Run(data_file.stat().st_size / 1e6, line_count(data_file), num_proc, prep, tok,
-              du(work / "hf-datasets", out, work / "store"))
+              {"datasets cache": du(work / "hf-datasets"), "artifacts": du(out), "store": du(work / "store")})
     if rerun:
         run.rerun = run_stage({**tok_spec, "outputs": {"tokenized": str(work / "tokenized-rerun")}}, work, "tokenize-rerun", env)
     return run
@@ -459,18 +471,19 @@ def bare_tokenizer(data_file: Path) -> dict:
 
 def runs_table(runs: list[Run]) -> str:
     lines = ["| MB | num_proc | rows in | rows kept | tokens | prepare s | tokenize s | prepare CPU s | tokenize CPU s | "
-             "prepare peak RSS MB | tokenize peak RSS MB | prepare anon MB | tokenize anon MB | summed anon MB with workers | "
-             "rows/s | tokens/s | MB/s | disk MB | load avg |",
+             "prepare peak RSS MB | tokenize peak RSS MB | prepare anon MB | tokenize anon MB | workers' anon MB, summed | "
+             "rows/s | tokens/s | MB/s | disk MB: datasets cache + artifacts + store | load avg |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         p, t = r.prepare, r.tokenize
         lines.append(f"| {r.mb:.1f} | {r.num_proc} | {r.lines:,} | {r.rows:,.0f} | {r.tokens:,.0f} | {p.wall_s:.1f} | {t.wall_s:.1f} | "
                      f"{p.cpu_s:.1f} | {t.cpu_s:.1f} | {p.rss_mb:.0f} | {t.rss_mb:.0f} | {p.anon_mb:.0f} | {t.anon_mb:.0f} | "
-                     f"{r.tree_anon_mb:.0f} | {r.rows / r.wall_s:,.0f} | {r.tokens / r.wall_s:,.0f} | {r.mb / r.wall_s:.2f} | "
-                     f"{r.disk_bytes / 1e6:,.0f} | {p.load:.1f}, {t.load:.1f} |")
+                     f"{r.workers_anon_mb:.0f} | {r.rows / r.wall_s:,.0f} | {r.tokens / r.wall_s:,.0f} | {r.mb / r.wall_s:.2f} | "
+                     f"{' + '.join(f'{b / 1e6:,.0f}' for b in r.disk.values())} = {r.disk_bytes / 1e6:,.0f} | "
+                     f"{p.load:.1f}, {t.load:.1f} |")
     lines += ["", "Peak RSS: os.wait4's ru_maxrss (the child or its largest worker); anon: the child's own anonymous RSS "
               "(RssAnon, sampled every 0.2 s), i.e. without the pages of the memory-mapped Arrow files, which the kernel can "
-              "drop; summed: the child's and its workers' anonymous RSS together. Load avg: the 1-minute load average at the "
+              "drop; workers': the anonymous RSS of the child's worker processes (num_proc > 1) summed, sampled. Load avg: the 1-minute load average at the "
               "end of each child (other work on the machine).", "",
               "Where each child's memory reached its peak (its last output line before the sampled figure first came within 2% "
               "of its peak):", "", "| MB | num_proc | prepare_data RSS | prepare_data anon | tokenize RSS | tokenize anon |",
@@ -487,20 +500,23 @@ def extrapolation(one: Run, two: Run) -> str:
     efficiency = speedup / 2
     mb_per_s = one.mb / one.wall_s * POD_CPUS * efficiency
     disk_per_byte = one.disk_bytes / (one.mb * 1e6)
-    # Summed anonymous RSS, linear in the worker count through the two measured points.
-    per_worker_mb = max(0.0, two.tree_anon_mb - one.tree_anon_mb)
-    memory_gb = (one.tree_anon_mb + (POD_CPUS - 1) * per_worker_mb) / 1024
+    # With num_proc N the stage's own process waits while N forked workers run the batches: its own peak anonymous
+    # RSS plus N workers, a worker's from the num_proc 2 run (the workers' summed peak / 2); the larger child decides.
+    per_worker_mb, own_mb = max(((c.workers_anon_mb / 2, c.anon_mb) for c in (two.prepare, two.tokenize)),
+                                key=lambda w: w[1] + POD_CPUS * w[0])
+    memory_gb = (own_mb + POD_CPUS * per_worker_mb) / 1024
     cpu_s_per_mb = cpu(one) / one.mb
     lines = [
         f"Linear extrapolation from the figures measured at {one.mb:.0f} MB (not a measurement): prepare+tokenize at "
         f"{one.mb / one.wall_s:.2f} MB/s with num_proc 1, assumed to scale linearly with CPUs at an efficiency of "
         f"(measured 2-worker speed-up {speedup:.2f}) / 2 = {efficiency:.2f}: {mb_per_s:.1f} MB/s on {POD_CPUS} CPUs with "
         f"num_proc {POD_CPUS}, the same for any data size (time linear in the MB of text, per-row costs folded in). "
-        f"Memory: the summed anonymous RSS of the stage and its workers, linear in the worker count through the two measured "
-        f"points ({one.tree_anon_mb:,.0f} MB with 1, {two.tree_anon_mb:,.0f} MB with 2: +{per_worker_mb:,.0f} MB a worker; "
-        f"a forked worker also counts the pages it still shares with its parent, so an upper bound), taken as flat in the data "
-        f"size (see the peak RSS row for how flat it measured); the page cache of the memory-mapped Arrow files comes on top "
-        f"and is reclaimable. "
+        f"Memory: anonymous RSS (the page cache of the memory-mapped Arrow files comes on top and can be dropped): with "
+        f"num_proc N the stage's process waits while N forked workers run the batches, so the stage's own "
+        f"{own_mb:,.0f} MB + N x {per_worker_mb:,.0f} MB, half the 2 workers' summed anonymous RSS measured with "
+        f"num_proc 2 (a forked worker also counts the pages it still shares with its parent, and the two peaks need not "
+        f"coincide, so an upper bound), "
+        f"taken as flat in the data size (the peak RSS row says how flat it measured). "
         f"Disk: {disk_per_byte:.2f} bytes per input byte (datasets cache + prepare_data artifacts + store, measured), linear. "
         f"The last time column is a bound that other work on this machine does not move: the CPU seconds measured per MB "
         f"({cpu_s_per_mb:.2f}, both children, num_proc 1) spread perfectly over {POD_CPUS} CPUs.",
@@ -530,8 +546,8 @@ def report_rows(runs: dict[tuple[float, int], Run], sizes: list[float], bare: di
           f"{large.anon_mb:.0f} MB; 16x / 1x = {anon:.2f}")
 
     def where(c: Child, c1: Child) -> str:
-        return (f"RSS {c.rss_mb:.0f} MB (vs {c1.rss_mb:.0f}), reached in '{c.rss_phase}'; anonymous {c.anon_mb:.0f} MB "
-                f"(vs {c1.anon_mb:.0f}), reached in '{c.anon_phase}'")
+        return (f"RSS {c.rss_mb:.0f} MB (vs {c1.rss_mb:.0f}), reached after the line '{c.rss_phase}'; anonymous "
+                f"{c.anon_mb:.0f} MB (vs {c1.anon_mb:.0f}), reached after '{c.anon_phase}'")
 
     report("data: peak RSS at 16x data / at 1x", f"peak RSS (os.wait4 ru_maxrss) of prepare_data / tokenize, the larger child, at "
            f"{large.mb:.0f} MB of JSONL (A) vs at {small.mb:.1f} MB (B), num_proc 1", large.rss_mb, small.rss_mb, unit="MB",
