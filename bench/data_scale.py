@@ -545,24 +545,18 @@ def report_rows(runs: dict[tuple[float, int], Run], sizes: list[float], bare: di
     print(f"peak anonymous RSS (the same without mapped file pages): {small.anon_mb:.0f} MB, {middle.anon_mb:.0f} MB, "
           f"{large.anon_mb:.0f} MB; 16x / 1x = {anon:.2f}")
 
-    def where(c: Child, c1: Child) -> str:
-        return (f"RSS {c.rss_mb:.0f} MB (vs {c1.rss_mb:.0f}), reached after the line '{c.rss_phase}'; anonymous "
-                f"{c.anon_mb:.0f} MB (vs {c1.anon_mb:.0f}), reached after '{c.anon_phase}'")
-
     # Both figures, each its own row: RSS (what the pod's memory limit sees, mapped Arrow pages included) and the
     # anonymous part (what the stage itself holds; the kernel can drop the mapped pages under pressure).
-    report("data: peak RSS at 16x data / at 1x", f"peak RSS (os.wait4 ru_maxrss) of prepare_data / tokenize, the larger child, at "
-           f"{large.mb:.0f} MB of JSONL (A) vs at {small.mb:.1f} MB (B), num_proc 1 (anonymous RSS alone: {anon:.2f})",
-           large.rss_mb, small.rss_mb, unit="MB", goal=("<=", GOAL_RSS), setup=setup,
-           limits=f"at {large.mb:.0f} MB (vs {small.mb:.0f} MB) prepare_data: {where(large.prepare, small.prepare)}; tokenize: "
-                  f"{where(large.tokenize, small.tokenize)}. RSS includes the pages of the memory-mapped Arrow files a pass has "
-                  f"read, which grow with the data; the anonymous RSS grows {anon:.2f}x over the same span")
-    report("data: peak anonymous RSS at 16x data / at 1x", f"peak anonymous RSS (RssAnon, sampled) of prepare_data / tokenize, the "
-           f"larger child, at {large.mb:.0f} MB (A) vs at {small.mb:.1f} MB (B), num_proc 1 (RSS with mapped pages: {rss:.2f})",
-           large.anon_mb, small.anon_mb, unit="MB", goal=("<=", GOAL_RSS), setup=setup,
-           limits=f"prepare_data {small.prepare.anon_mb:.0f} -> {large.prepare.anon_mb:.0f} MB (peak after "
-                  f"'{large.prepare.anon_phase}'), tokenize {small.tokenize.anon_mb:.0f} -> {large.tokenize.anon_mb:.0f} MB (peak after "
-                  f"'{large.tokenize.anon_phase}'): what grows is held by the stage, not file pages")
+    memory = [("peak RSS", "os.wait4 ru_maxrss", "rss_mb", "rss_phase", f"anonymous RSS alone: {anon:.2f}"),
+              ("peak anonymous RSS", "RssAnon, sampled", "anon_mb", "anon_phase", f"RSS with mapped pages: {rss:.2f}")]
+    for label, how, value, phase, other in memory:
+        grew = "; ".join(f"{stage} {getattr(getattr(small, stage), value):.0f} -> {getattr(getattr(large, stage), value):.0f} MB "
+                         f"(peak after '{getattr(getattr(large, stage), phase)}')" for stage in ("prepare", "tokenize"))
+        report(f"data: {label} at 16x data / at 1x", f"{label} ({how}) of prepare_data / tokenize, the larger child, at "
+               f"{large.mb:.0f} MB of JSONL (A) vs at {small.mb:.1f} MB (B), num_proc 1 ({other})",
+               getattr(large, value), getattr(small, value), unit="MB", goal=("<=", GOAL_RSS), setup=setup,
+               limits=f"{grew}. RSS includes the pages of the memory-mapped Arrow files a pass has read, which grow with the "
+                      "data; the anonymous RSS is what the stage itself holds")
 
     speedup = large.wall_s / two.wall_s
     print(f"throughput at {large.mb:.0f} MB: {large.tokens / large.wall_s:,.0f} tokens/s with num_proc 1, "

@@ -80,7 +80,6 @@ def test_parquet_without_the_needed_column_is_refused_naming_its_columns(tmp_pat
 
 
 def test_unknown_file_types_and_folders_are_refused_at_recipe_load(tmp_path, write_recipe, recipe_text):
-    (tmp_path / "data" if False else tmp_path).mkdir(exist_ok=True)
     for bad, message in (("data/local/make_local_data.py", "unknown file type '.py'"), ("data/local", "no state.json")):
         text = recipe_text.replace("path: data/local/sft.jsonl, max_examples: 16", f"path: {bad}")
         with pytest.raises(RecipeError, match=message):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Features, Value
 
-from posttrain.data import mixture
+from posttrain.data import code_digest, mixture
 from posttrain.data.rows import (
     MIDTRAIN_FEATURES,
     OVER_MAX_LENGTH,
@@ -47,13 +47,6 @@ EXAMPLES = 5
 STAT_FEATURES = {"_problem": Value("string"), "_rid": Value("string"), "_mode": Value("string"), "_turns": Value("int32"),
                  "_context": Value("int64"), "_response": Value("int64")}
 OUT_FEATURES = {"sft": SFT_FEATURES, "midtrain": MIDTRAIN_FEATURES, "prompts": PROMPT_FEATURES}
-
-
-def _code_digest() -> str:
-    h = hashlib.sha256()
-    for name in ("scan.py", "rows.py", "mixture.py", "sources.py"):
-        h.update((Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()
 
 
 def available_cpus() -> int:
@@ -168,9 +161,10 @@ def scan(opened: Opened, source: dict, group: str, *, tokenizer=None, template: 
     output row per input row; unusable rows have `_problem` set)."""
     ds = opened.dataset
     where = source.get("path") or source.get("hub")
-    key = hashlib.sha256(json.dumps([ds._fingerprint, group, source["name"], template, max_length, tokenizer_digest, _code_digest(),
-                                     None if opened.lines is None else hashlib.sha256(opened.lines.tobytes()).hexdigest()],
-                                    sort_keys=True).encode()).hexdigest()[:32]
+    # The dataset's fingerprint covers its files and the rows selected from them (max_examples, blank lines).
+    parts = [ds._fingerprint, group, source["name"], template, max_length, tokenizer_digest,
+             code_digest("scan.py", "rows.py", "mixture.py", "sources.py")]
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
     features = Features({**OUT_FEATURES[group], **STAT_FEATURES})
     if len(ds) == 0:  # map returns a dataset without columns for no rows
         from posttrain.data.artifacts import empty

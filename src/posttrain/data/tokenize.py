@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 from datasets import Features, Sequence, Value
 
@@ -43,13 +42,6 @@ def tokenizer_digest(tokenizer, with_template: bool = True) -> str:
     h.update(json.dumps([tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token, sorted(tokenizer.all_special_tokens)]).encode())
     if with_template:
         h.update((tokenizer.chat_template or "").encode())
-    return h.hexdigest()
-
-
-def code_digest() -> str:
-    h = hashlib.sha256()
-    for name in ("tokenize.py", "rows.py"):
-        h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()
 
 

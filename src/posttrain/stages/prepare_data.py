@@ -63,13 +63,13 @@ class Prepared:
     columns: Columns
 
 
-def _prepare(group: str, source: dict, settings: dict) -> Prepared:
+def _prepare(group: str, source: dict, settings: dict, max_invalid: float) -> Prepared:
     opened = open_source(source, group, REQUIRED[group])
-    scanned = scan(opened, source, group, **{k: v for k, v in settings.items() if k != "max_invalid"})
+    scanned = scan(opened, source, group, **settings)
     columns = read_columns(scanned)
     field_name = f"{group}.max_length"
     note = {OVER_MAX_LENGTH: f"longest {columns.longest_over} tokens > {field_name}={settings.get('max_length')} once rendered with the chat template"}
-    check_dropped(group, source, columns.dropped, settings["max_invalid"], note)
+    check_dropped(group, source, columns.dropped, max_invalid, note)
     return Prepared(source, opened.revision, scanned, columns)
 
 
@@ -116,13 +116,13 @@ def _fill_keys(batch, indices, offset):
     return {"key": [k if k is not None else str(offset + i) for k, i in zip(batch["key"], indices, strict=True)]}
 
 
-def _prompts(sources: list[dict], settings: dict):
+def _prompts(sources: list[dict], settings: dict, max_invalid: float):
     """Prompts are taken as they are: no token mixture."""
     from datasets import concatenate_datasets
 
     parts, infos, dropped, offset = [], [], [], 0
     for source in sources:
-        p = _prepare("prompts", source, settings)
+        p = _prepare("prompts", source, settings, max_invalid)
         kept = p.scanned.select(p.columns.kept).select_columns(list(OUT_FEATURES["prompts"]))
         kept = kept.map(_fill_keys, batched=True, with_indices=True, fn_kwargs={"offset": offset}, desc=f"prompts {source['name']}: keys")
         offset += len(kept)
@@ -150,7 +150,8 @@ def run(ctx: StageContext) -> StageResult:
     data = cfg["data"]
     num_proc = data.get("num_proc") or available_cpus()
     tokenizer = load_tokenizer(materialize(read_model_ref(ctx.inputs["base_model"])), cfg["chat_template"])
-    common = {"max_invalid": data["max_invalid_fraction"], "num_proc": num_proc, "tokenizer_digest": tokenizer_digest(tokenizer)}
+    max_invalid = data["max_invalid_fraction"]
+    common = {"num_proc": num_proc, "tokenizer_digest": tokenizer_digest(tokenizer)}
     settings = {
         "sft": {**common, "tokenizer": tokenizer, "max_length": cfg["sft"]["max_length"]},
         "midtrain": {**common, "tokenizer": tokenizer, "max_length": cfg["midtrain"]["max_length"],
@@ -160,7 +161,7 @@ def run(ctx: StageContext) -> StageResult:
 
     metrics, metadata, sections, dropped = {}, {}, [], []
     for group in ("sft", "midtrain"):
-        prepared = [_prepare(group, s, settings[group]) for s in data[group]]
+        prepared = [_prepare(group, s, settings[group], max_invalid) for s in data[group]]
         dropped += [(group, p.source["name"], p.columns.dropped) for p in prepared]
         out, stats, plans, sources = _mix(group, prepared, data[f"{group}_tokens"], cfg["seed"])
         tokens = sum(s["tokens"] for s in stats)
@@ -175,7 +176,7 @@ def run(ctx: StageContext) -> StageResult:
             title = "SFT" if group == "sft" else "Mid-training"
             sections.append(f"## {title} data mixture\n\n{mixture.stats_table(stats)}\n{mixture.resampling_table(plans, [p.source for p in prepared])}")
 
-    out, sources, prompt_dropped = _prompts(data["prompts"], common)
+    out, sources, prompt_dropped = _prompts(data["prompts"], common, max_invalid)
     dropped += prompt_dropped
     n = write_dataset(ctx.outputs["prompts"], out, {"sources": sources})
     metadata["prompts"] = {"sources": sources, "rows": n}

@@ -20,10 +20,11 @@ import json
 import logging
 from pathlib import Path
 
+from posttrain.data import code_digest
 from posttrain.data.artifacts import INFO_FILE, read_dataset, read_info, save_shards
 from posttrain.data.rows import stored_conversation
 from posttrain.data.scan import available_cpus
-from posttrain.data.tokenize import code_digest, tokenize_and_pack, tokenizer_digest
+from posttrain.data.tokenize import tokenize_and_pack, tokenizer_digest
 from posttrain.models import read_model_ref
 from posttrain.stages.context import StageContext, StageResult
 from posttrain.stages.training import load_tokenizer, materialize_shared
@@ -38,7 +39,7 @@ def content_key(data_digest: str, tokenizer, settings: dict) -> str:
     import trl
 
     parts = {"data": data_digest, "tokenizer": tokenizer_digest(tokenizer), "settings": settings, "trl": trl.__version__,
-             "transformers": transformers.__version__, "code": code_digest()}
+             "transformers": transformers.__version__, "code": code_digest("tokenize.py", "rows.py")}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -55,13 +56,6 @@ class _Rows:
         return stored_conversation(self.dataset[i])
 
 
-def lint_rows(dataset, tokenizer, sample: int | None, seed: int) -> dict:
-    """The lint on `sample` rows of the Dataset (the rows it would sample from a list)."""
-    rows = _Rows(dataset)
-    summary = lint(rows, tokenizer, sample=sample, seed=seed)  # raises TemplateLintError
-    return summary
-
-
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
     train = cfg["train"]
@@ -76,7 +70,8 @@ def run(ctx: StageContext) -> StageResult:
     if manifest is None:
         dataset = read_dataset(ctx.inputs["data"])
         if conversational:
-            summary = lint_rows(dataset, tokenizer, train.get("template_lint_rows"), cfg["seed"])
+            # The rows it would sample from a list, read one at a time; raises TemplateLintError.
+            summary = lint(_Rows(dataset), tokenizer, sample=train.get("template_lint_rows"), seed=cfg["seed"])
             log.info("chat template lint passed: %s", summary)
         num_proc = cfg.get("num_proc") or available_cpus()
         packed = tokenize_and_pack(dataset, tokenizer, conversational=conversational, assistant_only_loss=settings["assistant_only_loss"],
