@@ -130,17 +130,29 @@ def seaweed(tmp_path_factory):
 # -- prepared and tokenized data for the training stages ----------------------------
 
 
-def write_prepared(dest: Path, rows: list[dict], kind: str = "sft", source: str = "test") -> Path:
-    """A prepare_data artifact (Arrow shards) of raw JSONL-style rows."""
+def write_prepared(dest: Path, rows: list[dict], kind: str = "sft", source: str = "test", chat_template: str = "smollm3") -> Path:
+    """A prepare_data artifact (Arrow shards) of raw JSONL-style rows, encoded
+    as prepare_data encodes them, with the tiny model's tokenizer and `chat_template`."""
     from posttrain.data.artifacts import write_dataset
-    from posttrain.data.rows import MIDTRAIN_FEATURES, SFT_FEATURES, reasoning_mode, sft_out
+    from posttrain.data.rows import MIDTRAIN_FEATURES, SFT_FEATURES, reasoning_mode, sft_out, stored_conversation
+    from posttrain.data.tokenize import encode_conversations, encode_texts, tokenizer_digest
+    from posttrain.local_models import prepare
+    from posttrain.stages.training import load_tokenizer
+    from posttrain.templates import row_template_kwargs
 
+    tokenizer = load_tokenizer(prepare("tiny"), chat_template)
     if kind == "sft":
         stored = [sft_out(r, r.get("id", f"{source}-{i}"), source, reasoning_mode(r)) for i, r in enumerate(rows)]
-        write_dataset(dest, stored, {"sources": [{"name": source}]}, features=SFT_FEATURES)
+        convs = [stored_conversation(r) for r in stored]
+        ids, masks = encode_conversations(tokenizer, [c["messages"] for c in convs], [row_template_kwargs(c) for c in convs])
+        stored = [{**r, "input_ids": i, "assistant_masks": m} for r, i, m in zip(stored, ids, masks, strict=True)]
+        features = SFT_FEATURES
     else:
         stored = [{"id": str(r.get("id", i)), "source": source, "text": r["text"]} for i, r in enumerate(rows)]
-        write_dataset(dest, stored, {"sources": [{"name": source}]}, features=MIDTRAIN_FEATURES)
+        ids = encode_texts(tokenizer, [r["text"] for r in stored])
+        stored = [{**r, "input_ids": i} for r, i in zip(stored, ids, strict=True)]
+        features = MIDTRAIN_FEATURES
+    write_dataset(dest, stored, {"sources": [{"name": source}], "tokenizer": tokenizer_digest(tokenizer)}, features=features)
     return dest
 
 
@@ -154,7 +166,7 @@ def write_tokenized(dest: Path, rows: list[dict], recipe, kind: str = "sft", sto
     from posttrain.stages.context import STORE_ENV, StageContext
 
     dest.mkdir(parents=True, exist_ok=True)
-    write_prepared(dest / "prepared", rows, kind)
+    write_prepared(dest / "prepared", rows, kind, chat_template=recipe.chat_template)
     write_model_ref(dest / "base", ModelRef(uri=recipe.base_model.uri))
     old = os.environ.get(STORE_ENV)
     os.environ[STORE_ENV] = f"file://{store or dest / 'store'}"

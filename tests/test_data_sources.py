@@ -150,7 +150,7 @@ def test_kill_9_in_prepare_data_and_tokenize_then_rerun_gives_identical_artifact
         return {g: tmp_path / name / g for g in ("sft", "midtrain", "prompts")} | {"stats": tmp_path / name / "stats.md"}
 
     def tokenize_cmd(name, prepared):
-        return _spec(tmp_path, f"tok-{name}", "tokenize", {**stage_configs(recipe)["tokenize_sft"], "num_proc": 2},
+        return _spec(tmp_path, f"tok-{name}", "tokenize", stage_configs(recipe)["tokenize_sft"],
                      {"data": prepared, "base_model": tmp_path / "base"}, {"tokenized": tmp_path / f"tok-{name}"})
 
     clean_env = {**env, "HF_DATASETS_CACHE": str(tmp_path / "cache-clean"), STORE_ENV: f"file://{tmp_path / 'store-clean'}"}
@@ -162,7 +162,7 @@ def test_kill_9_in_prepare_data_and_tokenize_then_rerun_gives_identical_artifact
     _run_killed_then_again(_spec(tmp_path, "killed", "prepare_data", cfg, {"base_model": tmp_path / "base"}, outputs("killed")), killed_env,
                            "checking and counting tokens")
     assert _files(tmp_path / "killed") == _files(tmp_path / "clean")
-    _run_killed_then_again(tokenize_cmd("killed", tmp_path / "killed" / "sft"), killed_env, "Tokenizing")
+    _run_killed_then_again(tokenize_cmd("killed", tmp_path / "killed" / "sft"), killed_env, "Labels")
     ref = json.loads((tmp_path / "tok-killed" / "tokenized.json").read_text())
     clean = json.loads((tmp_path / "tok-clean" / "tokenized.json").read_text())
     assert ref["key"] == clean["key"] and ref["rows"] == clean["rows"] > 0

@@ -9,6 +9,7 @@ from conftest import ROOT
 
 from posttrain.data import mixture
 from posttrain.data.mixture import RowTokens, plan_group, repeat_id, resample, rng_for, stats_table, summarise, target_tokens
+from posttrain.data.tokenize import conversation_tokens, encode_conversations
 from posttrain.datasets_io import read_jsonl
 
 SFT = read_jsonl(ROOT / "data" / "local" / "sft.jsonl")
@@ -125,9 +126,16 @@ def test_as_is_and_empty_sources():
         resample([], 100, seed=0, key="sft/empty")
 
 
+def _count(tokenizer, convs, kwargs=None, chat_template=None):
+    """Tokens of conversations as prepare_data's scan counts them: encoded once, counted from the ids and masks."""
+    kwargs = kwargs or [{}] * len(convs)
+    ids, masks = encode_conversations(tokenizer, convs, kwargs, chat_template)
+    return conversation_tokens(tokenizer, convs, kwargs, ids, masks)
+
+
 def test_counts_match_the_chat_template_and_its_assistant_mask(tokenizer):
     rows = SFT[:40]
-    counted = mixture.count_conversation_tokens(tokenizer, [r["messages"] for r in rows])
+    counted = _count(tokenizer, [r["messages"] for r in rows])
     for row, t in zip(rows, counted, strict=True):
         one = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         assert t.total == len(one["input_ids"])
@@ -140,14 +148,14 @@ def test_counts_match_the_chat_template_and_its_assistant_mask(tokenizer):
 def test_per_row_template_kwargs_are_used(tokenizer):
     template = tokenizer.chat_template.replace("{%- for message in messages -%}", "{%- if extra -%}{{ 'EXTRA TEXT HERE ' * 10 }}{%- endif -%}{%- for message in messages -%}")
     conv = SFT[0]["messages"]
-    plain, extra = mixture.count_conversation_tokens(tokenizer, [conv, conv], [None, {"extra": True}], chat_template=template)
+    plain, extra = _count(tokenizer, [conv, conv], [{}, {"extra": True}], chat_template=template)
     assert extra.context > plain.context and extra.response == plain.response
 
 
 def test_template_without_generation_tags_falls_back_to_assistant_contents(tokenizer):
     template = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", tokenizer.chat_template)
     conv = SFT[0]["messages"]
-    (t,) = mixture.count_conversation_tokens(tokenizer, [conv], chat_template=template)
+    (t,) = _count(tokenizer, [conv], chat_template=template)
     assert t.total == len(tokenizer.apply_chat_template(conv, chat_template=template, tokenize=True, return_dict=True)["input_ids"])
     assert t.response == len(tokenizer(conv[-1]["content"], add_special_tokens=False)["input_ids"])
 

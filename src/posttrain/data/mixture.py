@@ -1,13 +1,12 @@
-"""Data mixture by tokens: count tokens per row, give each source a token
-budget from its recipe `weight` / `tokens`, and resample it to meet that
+"""Data mixture by tokens: give each source a token budget from its recipe `weight` / `tokens`, and resample it to meet that
 budget, deterministically from the recipe seed and the source name.
 
 The planning functions (`target_tokens`, `resample`, `plan_group`) and the
 statistics (`summarise`, `stats_table`) are pure: they take token counts (numpy
 arrays, one entry per usable row), not a tokenizer, and return index arrays,
 so a source of millions of rows costs a few bytes a row here and never a
-Python object per row. Only `count_conversation_tokens` / `count_text_tokens`
-use a tokenizer (on one batch of rows at a time).
+Python object per row. The counts come from prepare_data's scan
+(posttrain.data.tokenize encodes each row once).
 
 Budgets and resampling are written by hand: `datasets` has
 `interleave_datasets(probabilities=...)`, but that mixes by rows, not tokens,
@@ -17,19 +16,12 @@ and cannot give an absolute token budget or a report of what it took.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
-import re
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-# Rows per tokenizer call: large enough for the fast tokenizer's batching,
-# small enough that one batch of long conversations stays in memory.
-BATCH_ROWS = 512
-_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 @dataclass(frozen=True)
@@ -43,68 +35,6 @@ class RowTokens:
     @property
     def total(self) -> int:
         return self.context + self.response
-
-
-# -- counting (uses the tokenizer) -------------------------------------------------
-
-
-def _kwargs_key(kwargs: dict | None) -> str:
-    return json.dumps(kwargs or {}, sort_keys=True, default=str)
-
-
-def count_conversation_tokens(
-    tokenizer, conversations: Sequence[list[dict]], kwargs: Sequence[dict | None] | None = None, chat_template: str | None = None
-) -> list[RowTokens]:
-    """Each conversation rendered with the chat template (with its own
-    `chat_template_kwargs`), as the SFT trainer renders it; response tokens are
-    those inside the template's `{% generation %}` blocks (the assistant-only
-    loss mask). Rows are tokenized in batches of rows that share their kwargs."""
-    kwargs = list(kwargs) if kwargs is not None else [None] * len(conversations)
-    template = chat_template or tokenizer.chat_template
-    if not _GENERATION_TAG.search(template or ""):
-        return _count_without_generation_tags(tokenizer, conversations, kwargs, chat_template)
-    out: list[RowTokens | None] = [None] * len(conversations)
-    by_kwargs: dict[str, list[int]] = {}
-    for i, kw in enumerate(kwargs):
-        by_kwargs.setdefault(_kwargs_key(kw), []).append(i)
-    for key, indices in by_kwargs.items():
-        extra = json.loads(key)
-        for start in range(0, len(indices), BATCH_ROWS):
-            batch = indices[start : start + BATCH_ROWS]
-            enc = tokenizer.apply_chat_template(
-                [conversations[i] for i in batch],
-                tokenize=True,
-                return_dict=True,
-                return_assistant_tokens_mask=True,
-                chat_template=chat_template,
-                **extra,
-            )
-            for i, ids, mask in zip(batch, enc["input_ids"], enc["assistant_masks"], strict=True):
-                response = sum(mask)
-                out[i] = RowTokens(context=len(ids) - response, response=response)
-    return out  # type: ignore[return-value]
-
-
-def _count_without_generation_tags(tokenizer, conversations, kwargs, chat_template) -> list[RowTokens]:
-    """A template without generation tags gives no assistant mask; the
-    response is then approximated by the tokens of the assistant contents."""
-    texts = [
-        tokenizer.apply_chat_template(c, tokenize=False, chat_template=chat_template, **(kw or {}))
-        for c, kw in zip(conversations, kwargs, strict=True)
-    ]
-    totals = count_text_tokens(tokenizer, texts)
-    replies = ["".join(m["content"] for m in c if m["role"] == "assistant") for c in conversations]
-    responses = count_text_tokens(tokenizer, replies)
-    return [RowTokens(context=max(t - r, 0), response=min(r, t)) for t, r in zip(totals, responses, strict=True)]
-
-
-def count_text_tokens(tokenizer, texts: Sequence[str]) -> list[int]:
-    """Tokens of plain texts, batch-tokenized."""
-    out: list[int] = []
-    for start in range(0, len(texts), BATCH_ROWS):
-        enc = tokenizer(list(texts[start : start + BATCH_ROWS]), add_special_tokens=False)
-        out += [len(ids) for ids in enc["input_ids"]]
-    return out
 
 
 # -- budgets and resampling (pure) ----------------------------------------------------

@@ -19,9 +19,13 @@ MESSAGE = {"role": Value("string"), "content": Value("string"), "reasoning_conte
 MESSAGES = [MESSAGE]
 # chat_template_kwargs are kept as JSON strings: Arrow would unify the dicts of
 # all rows into one struct and add the keys a row lacks as nulls.
+# Each training row also carries its token ids as prepare_data encoded them
+# (and, for conversations, the assistant mask; null under a template without
+# generation tags), so that the tokenize stage does not encode them again.
+IDS = Sequence(Value("int32"))
 SFT_FEATURES = Features({"id": Value("string"), "source": Value("string"), "reasoning": Value("bool"), "messages": MESSAGES,
-                         "chat_template_kwargs": Value("string")})
-MIDTRAIN_FEATURES = Features({"id": Value("string"), "source": Value("string"), "text": Value("string")})
+                         "chat_template_kwargs": Value("string"), "input_ids": IDS, "assistant_masks": Sequence(Value("int8"))})
+MIDTRAIN_FEATURES = Features({"id": Value("string"), "source": Value("string"), "text": Value("string"), "input_ids": IDS})
 # IFEval kwargs differ per instruction: each is a JSON object string (posttrain.data.rows.prompt_kwargs decodes them).
 PROMPT_FEATURES = Features({"key": Value("string"), "source": Value("string"), "prompt": Value("string"), "messages": MESSAGES,
                             "answer": Value("string"), "instruction_id_list": Sequence(Value("string")),

@@ -35,8 +35,10 @@ from posttrain.data.rows import (
     row_id,
     sft_out,
     sft_row_problem,
+    stored_conversation,
 )
 from posttrain.data.sources import Opened, batch_rows
+from posttrain.data.tokenize import conversation_tokens, encode_conversations, encode_texts
 from posttrain.templates import own_template_kwargs, row_template_kwargs
 
 # Rows per map batch: the fast tokenizer batches well at this size and a
@@ -108,12 +110,21 @@ def _scan_batch(batch, indices, *, group, name, json_lines, lines, where, tokeni
                 kwargs = row_template_kwargs({"chat_template_kwargs": own_template_kwargs(row)})
                 out["text"][j] = tokenizer.apply_chat_template(row["messages"], tokenize=False, chat_template=template, **kwargs)
     if group == "sft" and usable:
-        # Counted as the training stage renders the written row: its mode flag, then its own kwargs.
-        written = [{"reasoning": out["reasoning"][j], "chat_template_kwargs": out["chat_template_kwargs"][j]} for j in usable]
-        tokens = mixture.count_conversation_tokens(tokenizer, [rows[j]["messages"] for j in usable], [row_template_kwargs(w) for w in written])
+        # Encoded and counted as the training stage renders the written row: its messages, its mode flag, then its own kwargs.
+        stored = [stored_conversation({k: out[k][j] for k in SFT_FEATURES if k in out}) for j in usable]
+        convs, kwargs = [r["messages"] for r in stored], [row_template_kwargs(r) for r in stored]
+        ids, masks = encode_conversations(tokenizer, convs, kwargs)
+        tokens = conversation_tokens(tokenizer, convs, kwargs, ids, masks)
+        for j, row_ids, mask in zip(usable, ids, masks, strict=True):
+            out["input_ids"][j], out["assistant_masks"][j] = row_ids, mask
     elif group == "midtrain" and usable:
-        # Mid-training trains on every token: all of a row counts as response.
-        tokens = [mixture.RowTokens(0, n) for n in mixture.count_text_tokens(tokenizer, [out["text"][j] for j in usable])]
+        # Mid-training trains on every token: all of a row counts as response (without the eos and other special tokens).
+        ids = encode_texts(tokenizer, [out["text"][j] for j in usable])
+        added = len(tokenizer("")["input_ids"])
+        eos = tokenizer.eos_token
+        tokens = [mixture.RowTokens(0, len(row_ids) - added - (not out["text"][j].endswith(eos))) for j, row_ids in zip(usable, ids, strict=True)]
+        for j, row_ids in zip(usable, ids, strict=True):
+            out["input_ids"][j] = row_ids
     else:
         tokens = [mixture.RowTokens(0, 0)] * len(usable)
     for j, t in zip(usable, tokens, strict=True):
@@ -163,7 +174,7 @@ def scan(opened: Opened, source: dict, group: str, *, tokenizer=None, template: 
     where = source.get("path") or source.get("hub")
     # The dataset's fingerprint covers its files and the rows selected from them (max_examples, blank lines).
     parts = [ds._fingerprint, group, source["name"], template, max_length, tokenizer_digest,
-             code_digest("scan.py", "rows.py", "mixture.py", "sources.py")]
+             code_digest("scan.py", "rows.py", "mixture.py", "sources.py", "tokenize.py")]
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
     features = Features({**OUT_FEATURES[group], **STAT_FEATURES})
     if len(ds) == 0:  # map returns a dataset without columns for no rows

@@ -165,7 +165,7 @@ def run(ctx: StageContext) -> StageResult:
         dropped += [(group, p.source["name"], p.columns.dropped) for p in prepared]
         out, stats, plans, sources = _mix(group, prepared, data[f"{group}_tokens"], cfg["seed"])
         tokens = sum(s["tokens"] for s in stats)
-        info = {"sources": sources, "tokens": tokens}
+        info = {"sources": sources, "tokens": tokens, "tokenizer": common["tokenizer_digest"]}
         n = write_dataset(ctx.outputs[group], out, info)
         metadata[group] = {"sources": sources, "rows": n}
         metrics[f"data.{group}.rows"] = float(n)

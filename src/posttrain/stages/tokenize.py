@@ -1,10 +1,11 @@
 """tokenize: the training rows of one prepared Dataset (SFT conversations or
-mid-training text) rendered, tokenised and packed once, on a CPU pod, and
-kept in the checkpoint store under a content key: the data's digest, the
-tokenizer and chat template, max_length, packing, the loss mask, and the TRL
-and posttrain code versions (`<recipe>/tokenized/<key>`). The training stage
-loads it memory-mapped and hands it to TRL as already prepared, so no GPU
-rank tokenises; a rerun or a retry with the same key finds it in the store.
+mid-training text), encoded by prepare_data, given their labels and packed
+once, on a CPU pod, and kept in the checkpoint store under a content key:
+the data's digest, the tokenizer and chat template, max_length, packing, the
+loss mask, and the TRL and posttrain code versions (`<recipe>/tokenized/<key>`).
+The training stage loads it memory-mapped and hands it to TRL as already
+prepared, so no GPU rank tokenises; a rerun or a retry with the same key
+finds it in the store.
 
 For SFT the chat template lint (posttrain.template_lint) runs here first, on
 the sampled rows: a template that masks the wrong tokens fails on the CPU
@@ -23,8 +24,7 @@ from pathlib import Path
 from posttrain.data import code_digest
 from posttrain.data.artifacts import INFO_FILE, read_dataset, read_info, save_shards
 from posttrain.data.rows import stored_conversation
-from posttrain.data.scan import available_cpus
-from posttrain.data.tokenize import tokenize_and_pack, tokenizer_digest
+from posttrain.data.tokenize import TokenizeError, tokenize_and_pack, tokenizer_digest
 from posttrain.models import read_model_ref
 from posttrain.stages.context import StageContext, StageResult
 from posttrain.stages.training import load_tokenizer, materialize_shared
@@ -64,6 +64,9 @@ def run(ctx: StageContext) -> StageResult:
                 "packing_strategy": train["packing_strategy"], "assistant_only_loss": conversational and train.get("assistant_only_loss", True)}
     tokenizer = load_tokenizer(materialize_shared(read_model_ref(ctx.inputs["base_model"])), cfg["chat_template"])
     info = read_info(ctx.inputs["data"])
+    if info.get("tokenizer") != tokenizer_digest(tokenizer):
+        raise TokenizeError(f"{ctx.inputs['data']}: its token ids were encoded with another tokenizer or chat template than this "
+                            f"base model's with chat_template={cfg['chat_template']!r}; run prepare_data and tokenize on the same base model")
     key = f"{cfg['recipe']}/tokenized/{content_key(info['digest'], tokenizer, settings)[:32]}"
     metrics = {"tokenize.reused": 0.0}
     manifest = ctx.store.manifest(key)
@@ -73,10 +76,9 @@ def run(ctx: StageContext) -> StageResult:
             # The rows it would sample from a list, read one at a time; raises TemplateLintError.
             summary = lint(_Rows(dataset), tokenizer, sample=train.get("template_lint_rows"), seed=cfg["seed"])
             log.info("chat template lint passed: %s", summary)
-        num_proc = cfg.get("num_proc") or available_cpus()
-        packed = tokenize_and_pack(dataset, tokenizer, conversational=conversational, assistant_only_loss=settings["assistant_only_loss"],
-                                   max_length=settings["max_length"], packing=settings["packing"],
-                                   packing_strategy=settings["packing_strategy"], num_proc=num_proc, fingerprint=key.rsplit("/", 1)[1])
+        packed = tokenize_and_pack(dataset, assistant_only_loss=settings["assistant_only_loss"], max_length=settings["max_length"],
+                                   packing=settings["packing"], packing_strategy=settings["packing_strategy"],
+                                   fingerprint=key.rsplit("/", 1)[1])
         local = ctx.workdir / "tokenized"
         save_shards(packed, local)
         stats = _stats(local)
