@@ -77,6 +77,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("POSTTRAIN_CACHE", str(ROOT / ".cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# As `make` runs the stages and as datasets runs its workers: one thread per tokenizer, so num_proc 1 is one core.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import report  # noqa: E402

@@ -167,3 +167,17 @@ def test_kill_9_in_prepare_data_and_tokenize_then_rerun_gives_identical_artifact
     clean = json.loads((tmp_path / "tok-clean" / "tokenized.json").read_text())
     assert ref["key"] == clean["key"] and ref["rows"] == clean["rows"] > 0
     assert _files(tmp_path / "store-killed" / ref["key"]) == _files(tmp_path / "store-clean" / clean["key"])
+
+
+def test_shards_are_the_same_files_whatever_the_writers(tmp_path, monkeypatch):
+    """A Dataset over several shards written by one process or two: byte-equal files."""
+    from datasets import Dataset
+
+    from posttrain.data import artifacts
+
+    monkeypatch.setattr(artifacts, "SHARD_SIZE", "40KB")
+    ds = Dataset.from_list([{"id": str(i), "text": f"row {i} " * 40} for i in range(600)])
+    artifacts.save_shards(ds, tmp_path / "one")
+    artifacts.save_shards(ds, tmp_path / "two", num_proc=2)
+    assert len(list((tmp_path / "one").glob("*.arrow"))) > 2
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")

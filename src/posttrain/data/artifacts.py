@@ -38,7 +38,16 @@ def save_shards(dataset, folder: Path, num_proc: int | None = None) -> None:
     if len(dataset) == 0:  # one empty shard: datasets writes none otherwise, and cannot load that back
         dataset.save_to_disk(str(folder), num_shards=1)
     else:
-        dataset.save_to_disk(str(folder), max_shard_size=SHARD_SIZE, num_proc=num_proc if num_proc and num_proc > 1 else None)
+        from datasets.utils.py_utils import convert_file_size_to_int
+
+        from posttrain.data.pages import Released
+
+        # As many shards as the size needs (datasets' own rule), whatever the workers, so the
+        # files do not depend on num_proc; the workers then write shards side by side.
+        shards = min(len(dataset), int(dataset._estimate_nbytes() / convert_file_size_to_int(SHARD_SIZE)) + 1)
+        workers = min(num_proc or 1, shards)
+        with Released(dataset):  # datasets' pass over the mapped rows
+            dataset.save_to_disk(str(folder), num_shards=shards, num_proc=workers if workers > 1 else None)
     state = folder / "state.json"
     data = json.loads(state.read_text())
     data["_fingerprint"] = shards_digest(folder)[:16]
@@ -52,9 +61,10 @@ def empty(features):
     return Dataset.from_dict({k: [] for k in features}, features=features)
 
 
-def write_dataset(out_dir: Path, rows, info: dict, features=None) -> int:
+def write_dataset(out_dir: Path, rows, info: dict, features=None, num_proc: int | None = None) -> int:
     """Write a Dataset (or a list of row dicts, for small sets and tests) as
-    shards under `out_dir`, and `dataset.json`. Returns the row count."""
+    shards under `out_dir` (`num_proc` writers when there are several
+    shards), and `dataset.json`. Returns the row count."""
     from datasets import Dataset
 
     if isinstance(rows, Dataset):
@@ -63,7 +73,7 @@ def write_dataset(out_dir: Path, rows, info: dict, features=None) -> int:
         rows = list(rows)
         dataset = Dataset.from_list(rows, features=features) if rows or features is None else empty(features)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_shards(dataset, out_dir / SHARDS)
+    save_shards(dataset, out_dir / SHARDS, num_proc)
     n = len(dataset)
     full = {**info, "rows": n, "digest": shards_digest(out_dir / SHARDS)}
     (out_dir / INFO_FILE).write_text(json.dumps(full, indent=1, sort_keys=True))

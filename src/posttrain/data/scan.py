@@ -1,6 +1,7 @@
 """The one pass over a source: every row checked, its reasoning mode and
-turns read, its tokens counted as the training stage will render it, and
-written in its group's schema; a batched `datasets.map` with `num_proc`
+turns read, encoded as the training stage will render it (token ids and
+assistant mask, kept in the output for the tokenize stage) and its tokens
+counted from that, and written in its group's schema; a batched `datasets.map` with `num_proc`
 workers, each holding one batch of rows at a time.
 
 The pass adds columns for what prepare_data aggregates: `_problem` (why the
@@ -22,6 +23,7 @@ import numpy as np
 from datasets import Features, Value
 
 from posttrain.data import code_digest, mixture
+from posttrain.data.pages import release
 from posttrain.data.rows import (
     MIDTRAIN_FEATURES,
     OVER_MAX_LENGTH,
@@ -81,7 +83,9 @@ class Dropped:
         return sorted(self.counts.items(), key=lambda kv: -kv[1])
 
 
-def _scan_batch(batch, indices, *, group, name, json_lines, lines, where, tokenizer, template, max_length):
+def _scan_batch(table, indices, *, group, name, json_lines, lines, where, tokenizer, template, max_length):
+    batch = table.to_pydict()
+    release(table)  # the batch's pages of the mapped source, read now
     rows = batch_rows(batch, json_lines, lines[indices] if lines is not None else None, where)
     check = {"sft": sft_row_problem, "midtrain": midtrain_row_problem, "prompts": prompt_row_problem}[group]
     problems = [check(r) for r in rows]
@@ -174,7 +178,7 @@ def scan(opened: Opened, source: dict, group: str, *, tokenizer=None, template: 
     where = source.get("path") or source.get("hub")
     # The dataset's fingerprint covers its files and the rows selected from them (max_examples, blank lines).
     parts = [ds._fingerprint, group, source["name"], template, max_length, tokenizer_digest,
-             code_digest("scan.py", "rows.py", "mixture.py", "sources.py", "tokenize.py")]
+             code_digest("scan.py", "rows.py", "mixture.py", "sources.py", "tokenize.py", "pages.py")]
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
     features = Features({**OUT_FEATURES[group], **STAT_FEATURES})
     if len(ds) == 0:  # map returns a dataset without columns for no rows
@@ -184,14 +188,14 @@ def scan(opened: Opened, source: dict, group: str, *, tokenizer=None, template: 
     folder = cache_dir("scan")
     folder.mkdir(parents=True, exist_ok=True)
     with same_environ():
-        return ds.map(
+        return ds.with_format("arrow").map(
             _scan_batch, batched=True, batch_size=BATCH_ROWS, with_indices=True, remove_columns=ds.column_names, features=features,
             num_proc=workers(num_proc, len(ds)), new_fingerprint=key,
             desc=f"data.{group} {source['name']}: checking and counting tokens",
             fn_kwargs=dict(group=group, name=source["name"], json_lines=opened.json_lines, lines=opened.lines, where=where,
                            tokenizer=tokenizer, template=template, max_length=max_length),
             cache_file_name=str(folder / f"scan-{key}.arrow"),
-        )
+        ).with_format(None)
 
 
 @dataclass

@@ -108,10 +108,13 @@ def _labels(batch, *, assistant_only_loss: bool):
     """`labels` from the stored ids and assistant masks, vectorised over an Arrow batch."""
     import pyarrow as pa
 
+    from posttrain.data.pages import release
+
     ids = batch["input_ids"].combine_chunks()
+    masks = batch["assistant_masks"].combine_chunks() if assistant_only_loss else None
+    release(batch)  # read: the pages of the mapped prepared data can go
     if not assistant_only_loss:
         return pa.table({"input_ids": ids, "labels": ids})
-    masks = batch["assistant_masks"].combine_chunks()
     flat = masks.flatten().to_numpy(zero_copy_only=False)
     offsets = masks.offsets.to_numpy()
     marked = np.concatenate([[0], np.cumsum(flat, dtype=np.int64)])[offsets - offsets[0]]
@@ -135,6 +138,7 @@ def tokenize_and_pack(dataset, *, assistant_only_loss: bool, max_length: int, pa
     labels and (with packing) packed: TRL's prepared dataset for the same rows."""
     from trl import pack_dataset
 
+    from posttrain.data.pages import Released
     from posttrain.data.scan import cache_dir
 
     folder = cache_dir("tokenize")
@@ -148,7 +152,8 @@ def tokenize_and_pack(dataset, *, assistant_only_loss: bool, max_length: int, pa
         _labels, batched=True, batch_size=1000, remove_columns=columns, features=TOKENIZED,
         fn_kwargs={"assistant_only_loss": assistant_only_loss}, desc="Labels", **cached("labels")).with_format(None)
     if packing:
-        return pack_dataset(ds, max_length, packing_strategy, {"desc": f"Packing ({packing_strategy})", **cached(f"pack-{packing_strategy}")})
+        with Released(ds):  # TRL's pass over the mapped labels
+            return pack_dataset(ds, max_length, packing_strategy, {"desc": f"Packing ({packing_strategy})", **cached(f"pack-{packing_strategy}")})
     ds = ds.map(_truncate, batched=True, fn_kwargs={"max_length": max_length}, features=TOKENIZED, desc="Truncating", **cached("cut"))
     return ds.filter(lambda labels: any(x != -100 for x in labels), input_columns="labels", desc="Dropping fully masked rows",
                      **cached("kept"))

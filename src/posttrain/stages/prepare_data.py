@@ -166,7 +166,7 @@ def run(ctx: StageContext) -> StageResult:
         out, stats, plans, sources = _mix(group, prepared, data[f"{group}_tokens"], cfg["seed"])
         tokens = sum(s["tokens"] for s in stats)
         info = {"sources": sources, "tokens": tokens, "tokenizer": common["tokenizer_digest"]}
-        n = write_dataset(ctx.outputs[group], out, info)
+        n = write_dataset(ctx.outputs[group], out, info, num_proc=num_proc)
         metadata[group] = {"sources": sources, "rows": n}
         metrics[f"data.{group}.rows"] = float(n)
         metrics[f"data.{group}.tokens"] = float(tokens)

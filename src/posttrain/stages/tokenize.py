@@ -24,6 +24,7 @@ from pathlib import Path
 from posttrain.data import code_digest
 from posttrain.data.artifacts import INFO_FILE, read_dataset, read_info, save_shards
 from posttrain.data.rows import stored_conversation
+from posttrain.data.scan import available_cpus
 from posttrain.data.tokenize import TokenizeError, tokenize_and_pack, tokenizer_digest
 from posttrain.models import read_model_ref
 from posttrain.stages.context import StageContext, StageResult
@@ -80,7 +81,7 @@ def run(ctx: StageContext) -> StageResult:
                                    packing=settings["packing"], packing_strategy=settings["packing_strategy"],
                                    fingerprint=key.rsplit("/", 1)[1])
         local = ctx.workdir / "tokenized"
-        save_shards(packed, local)
+        save_shards(packed, local, num_proc=available_cpus())
         stats = _stats(local)
         ctx.store.put(local, key)
         _put_stats(ctx, key, stats)
@@ -123,6 +124,8 @@ def _stats(folder: Path) -> dict:
     import pyarrow.compute as pc
     from datasets import load_from_disk
 
+    from posttrain.data.pages import release
+
     ds = load_from_disk(str(folder)).with_format("arrow")
     rows = tokens = loss = 0
     for batch in ds.iter(batch_size=4096):
@@ -130,6 +133,7 @@ def _stats(folder: Path) -> dict:
         tokens += int(pc.sum(pc.list_value_length(batch["input_ids"])).as_py() or 0)
         labels = pc.list_flatten(batch["labels"]).to_numpy()
         loss += int(np.count_nonzero(labels != -100))
+        release(batch)  # counted: its pages of the mapped data need not stay
     return {"rows": rows, "tokens": tokens, "loss_tokens": loss}
 
 

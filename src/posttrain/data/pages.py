@@ -1,0 +1,115 @@
+"""Keep a pass over memory-mapped Arrow files from filling the process's
+resident set.
+
+`datasets` reads Arrow files through mmap: every page a pass touches stays
+mapped, and counted in the process's RSS, until the table is freed, so one
+pass over a 60 GB file shows 60 GB of RSS although those pages are clean
+file cache. `release` hands the pages of given Arrow tables back to the
+kernel (madvise MADV_DONTNEED: for a read-only file mapping the page table
+entries go, the data stays in the page cache and a later read faults it
+back in); `Released` does so every second, from a thread, for the Datasets
+a step is reading in a pass it does not control (TRL's packing, datasets'
+save_to_disk).
+
+Only ranges inside a read-only mapping of an `.arrow` file (from
+/proc/self/maps) are released, and only while a live buffer holds that
+mapping, so memory that is not such a mapping (an in-memory table on the
+heap) is never touched. Elsewhere than on Linux this does nothing."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import threading
+
+MADV_DONTNEED = 4
+_PAGE = mmap.PAGESIZE
+try:
+    _madvise = ctypes.CDLL(None, use_errno=True).madvise
+    _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+except (OSError, AttributeError):  # no libc madvise
+    _madvise = None
+
+
+def _arrow_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's read-only mappings of .arrow files."""
+    try:
+        lines = open("/proc/self/maps").read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].endswith(".arrow") and "w" not in parts[1]:
+            start, end = parts[0].split("-")
+            out.append((int(start, 16), int(end, 16)))
+    return sorted(out)
+
+
+def _buffers(table):
+    for column in table.columns:
+        for chunk in getattr(column, "chunks", [column]):
+            for buf in chunk.buffers():
+                if buf is not None and buf.size:
+                    yield buf
+
+
+def release(*tables) -> int:
+    """Release the pages of these Arrow tables (or record batches) that lie in
+    memory-mapped .arrow files; returns the bytes advised."""
+    if _madvise is None:
+        return 0
+    mappings = _arrow_mappings()
+    if not mappings:
+        return 0
+    ranges = []
+    for table in tables:
+        for buf in _buffers(table):
+            lo, hi = buf.address, buf.address + buf.size
+            for start, end in mappings:
+                if start <= lo and hi <= end:
+                    ranges.append((max(start, lo - lo % _PAGE), min(end, -(-hi // _PAGE) * _PAGE)))
+                    break
+    advised, last = 0, 0
+    for lo, hi in sorted(ranges):
+        lo = max(lo, last)
+        if lo < hi:
+            _madvise(lo, hi - lo, MADV_DONTNEED)
+            advised += hi - lo
+            last = hi
+    return advised
+
+
+class Released:
+    """A context in which the watched Datasets' mapped pages are released
+    every `every_s` seconds (and once at the end)."""
+
+    def __init__(self, *datasets, every_s: float = 1.0):
+        self.datasets = list(datasets)
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="release-mapped-arrow")
+
+    def watch(self, dataset):
+        with self._lock:
+            self.datasets.append(dataset)
+        return dataset
+
+    def _release(self) -> None:
+        with self._lock:
+            tables = [ds.data.table for ds in self.datasets]
+        release(*tables)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._release()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._release()
