@@ -23,7 +23,7 @@ import numpy as np
 from datasets import Features, Value
 
 from posttrain.data import code_digest, mixture
-from posttrain.data.pages import release
+from posttrain.data.pages import Released, release
 from posttrain.data.rows import (
     MIDTRAIN_FEATURES,
     OVER_MAX_LENGTH,
@@ -187,7 +187,10 @@ def scan(opened: Opened, source: dict, group: str, *, tokenizer=None, template: 
         return empty(features)
     folder = cache_dir("scan")
     folder.mkdir(parents=True, exist_ok=True)
-    with same_environ():
+    # Batches of a source with an indices mapping (blank lines left out, a selection) are copies:
+    # the watcher releases the mapped pages they were taken from (in this process; workers'
+    # zero-copy batches are released by _scan_batch).
+    with same_environ(), Released(ds):
         return ds.with_format("arrow").map(
             _scan_batch, batched=True, batch_size=BATCH_ROWS, with_indices=True, remove_columns=ds.column_names, features=features,
             num_proc=workers(num_proc, len(ds)), new_fingerprint=key,

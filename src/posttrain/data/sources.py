@@ -104,12 +104,15 @@ def nonblank_lines(ds) -> np.ndarray:
     (one column scan in Arrow batches)."""
     import pyarrow.compute as pc
 
+    from posttrain.data.pages import release
+
     out, start = [], 0
     for batch in ds.with_format("arrow").iter(batch_size=SCAN_BATCH):
         column = batch[LINE]
         keep = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0).to_numpy(zero_copy_only=False)
         out.append(np.flatnonzero(keep) + start)
         start += len(column)
+        release(batch)  # read: its pages of the mapped lines can go
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from posttrain.data import code_digest
 from posttrain.data.artifacts import INFO_FILE, read_dataset, read_info, save_shards
 from posttrain.data.rows import stored_conversation
-from posttrain.data.scan import available_cpus
 from posttrain.data.tokenize import TokenizeError, tokenize_and_pack, tokenizer_digest
 from posttrain.models import read_model_ref
 from posttrain.stages.context import StageContext, StageResult
@@ -81,7 +80,9 @@ def run(ctx: StageContext) -> StageResult:
                                    packing=settings["packing"], packing_strategy=settings["packing_strategy"],
                                    fingerprint=key.rsplit("/", 1)[1])
         local = ctx.workdir / "tokenized"
-        save_shards(packed, local, num_proc=available_cpus())
+        # One writer: the packed rows are contiguous, so writing them is a sequential copy, and one
+        # process releases the mapped pages as it goes (a writer process would hold its whole shard).
+        save_shards(packed, local)
         stats = _stats(local)
         ctx.store.put(local, key)
         _put_stats(ctx, key, stats)
