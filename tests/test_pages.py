@@ -53,7 +53,7 @@ def test_the_watching_thread_keeps_a_pass_flat(tmp_path):
 
     ds = _mapped(tmp_path)
     before, peak = _rss_file_mb(), 0.0
-    with Released(ds, every_s=0.05):
+    with Released(ds, every_s=0.02):
         for batch in ds.with_format("arrow").iter(batch_size=100):
             batch["text"].to_pylist()
             peak = max(peak, _rss_file_mb() - before)

@@ -54,22 +54,18 @@ def _buffers(table):
                     yield buf
 
 
-def release(*tables) -> int:
-    """Release the pages of these Arrow tables (or record batches) that lie in
-    memory-mapped .arrow files; returns the bytes advised."""
-    if _madvise is None:
-        return 0
-    mappings = _arrow_mappings()
-    if not mappings:
-        return 0
-    ranges = []
+def _containing(tables, mappings):
+    """For each buffer of the tables that lies in one of `mappings`: (buffer range, its mapping)."""
     for table in tables:
         for buf in _buffers(table):
             lo, hi = buf.address, buf.address + buf.size
             for start, end in mappings:
                 if start <= lo and hi <= end:
-                    ranges.append((max(start, lo - lo % _PAGE), min(end, -(-hi // _PAGE) * _PAGE)))
+                    yield (lo, hi), (start, end)
                     break
+
+
+def _advise(ranges) -> int:
     advised, last = 0, 0
     for lo, hi in sorted(ranges):
         lo = max(lo, last)
@@ -80,36 +76,47 @@ def release(*tables) -> int:
     return advised
 
 
+def release(*tables) -> int:
+    """Release the pages of these Arrow tables (or record batches) that lie in
+    memory-mapped .arrow files; returns the bytes advised."""
+    if _madvise is None:
+        return 0
+    ranges = [(max(start, lo - lo % _PAGE), min(end, -(-hi // _PAGE) * _PAGE))
+              for (lo, hi), (start, end) in _containing(tables, _arrow_mappings())]
+    return _advise(ranges)
+
+
+def mapped_files(*tables) -> set[tuple[int, int]]:
+    """The whole .arrow mappings that hold these tables' buffers (valid while the tables live)."""
+    if _madvise is None:
+        return set()
+    return {mapping for _, mapping in _containing(tables, _arrow_mappings())}
+
+
 class Released:
-    """A context in which the watched Datasets' mapped pages are released
-    every `every_s` seconds (and once at the end)."""
+    """A context in which the pages of the watched Datasets' mapped files are
+    released every `every_s` seconds (and once at the end): a pass reading a
+    few hundred MB a second leaves at most that much mapped. The mappings are
+    found once per Dataset; each release is one madvise per file."""
 
-    def __init__(self, *datasets, every_s: float = 1.0):
-        self.datasets = list(datasets)
+    def __init__(self, *datasets, every_s: float = 0.1):
         self.every_s = every_s
+        self._held = list(datasets)  # keeps the mappings alive while they are advised
+        self._files = mapped_files(*(ds.data.table for ds in datasets))
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="release-mapped-arrow")
-
-    def watch(self, dataset):
-        with self._lock:
-            self.datasets.append(dataset)
-        return dataset
-
-    def _release(self) -> None:
-        with self._lock:
-            tables = [ds.data.table for ds in self.datasets]
-        release(*tables)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
-            self._release()
+            _advise(self._files)
 
     def __enter__(self):
-        self._thread.start()
+        if self._files:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._thread.join()
-        self._release()
+        if self._thread.is_alive():
+            self._thread.join()
+        _advise(self._files)

@@ -106,15 +106,20 @@ def _list_values(column, values):
 
 def _labels(batch, *, assistant_only_loss: bool):
     """`labels` from the stored ids and assistant masks, vectorised over an Arrow batch."""
-    import pyarrow as pa
-
     from posttrain.data.pages import release
 
+    out = _labelled(batch, assistant_only_loss)
+    release(batch)  # read: its pages of the mapped prepared data can go
+    return out
+
+
+def _labelled(batch, assistant_only_loss: bool):
+    import pyarrow as pa
+
     ids = batch["input_ids"].combine_chunks()
-    masks = batch["assistant_masks"].combine_chunks() if assistant_only_loss else None
-    release(batch)  # read: the pages of the mapped prepared data can go
     if not assistant_only_loss:
         return pa.table({"input_ids": ids, "labels": ids})
+    masks = batch["assistant_masks"].combine_chunks()
     flat = masks.flatten().to_numpy(zero_copy_only=False)
     offsets = masks.offsets.to_numpy()
     marked = np.concatenate([[0], np.cumsum(flat, dtype=np.int64)])[offsets - offsets[0]]

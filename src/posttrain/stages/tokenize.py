@@ -23,6 +23,7 @@ from pathlib import Path
 
 from posttrain.data import code_digest
 from posttrain.data.artifacts import INFO_FILE, read_dataset, read_info, save_shards
+from posttrain.data.pages import Released
 from posttrain.data.rows import stored_conversation
 from posttrain.data.tokenize import TokenizeError, tokenize_and_pack, tokenizer_digest
 from posttrain.models import read_model_ref
@@ -74,7 +75,8 @@ def run(ctx: StageContext) -> StageResult:
         dataset = read_dataset(ctx.inputs["data"])
         if conversational:
             # The rows it would sample from a list, read one at a time; raises TemplateLintError.
-            summary = lint(_Rows(dataset), tokenizer, sample=train.get("template_lint_rows"), seed=cfg["seed"])
+            with Released(dataset):  # a random row read maps about a MB of the file around it
+                summary = lint(_Rows(dataset), tokenizer, sample=train.get("template_lint_rows"), seed=cfg["seed"])
             log.info("chat template lint passed: %s", summary)
         packed = tokenize_and_pack(dataset, assistant_only_loss=settings["assistant_only_loss"], max_length=settings["max_length"],
                                    packing=settings["packing"], packing_strategy=settings["packing_strategy"],
@@ -129,7 +131,7 @@ def _stats(folder: Path) -> dict:
 
     ds = load_from_disk(str(folder)).with_format("arrow")
     rows = tokens = loss = 0
-    for batch in ds.iter(batch_size=4096):
+    for batch in ds.iter(batch_size=64):  # packed rows are up to max_length tokens each
         rows += batch.num_rows
         tokens += int(pc.sum(pc.list_value_length(batch["input_ids"])).as_py() or 0)
         labels = pc.list_flatten(batch["labels"]).to_numpy()
