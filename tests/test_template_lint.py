@@ -257,7 +257,7 @@ def ctx_tokenizer():
 def test_tokenize_fails_with_the_lint_error_before_tokenizing(tmp_path, monkeypatch):
     from posttrain.stages import tokenize
 
-    monkeypatch.setattr(tokenize, "tokenize_and_pack", lambda *a, **k: pytest.fail("tokenized despite a lint error"))
+    monkeypatch.setattr(tokenize, "label_and_pack", lambda *a, **k: pytest.fail("packed despite a lint error"))
     rows = [*SFT_ROWS[:4], _row("sft-bad-mode", True, system="Answer briefly. /no_think", answer=THOUGHT)]
     with pytest.raises(TemplateLintError, match=r"sft-bad-mode \[reasoning_mode\]"):
         tokenize.run(_tokenize_context(tmp_path, monkeypatch, rows))

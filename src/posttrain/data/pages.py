@@ -7,7 +7,7 @@ pass over a 60 GB file shows 60 GB of RSS although those pages are clean
 file cache. `release` hands the pages of given Arrow tables back to the
 kernel (madvise MADV_DONTNEED: for a read-only file mapping the page table
 entries go, the data stays in the page cache and a later read faults it
-back in); `Released` does so every second, from a thread, for the Datasets
+back in); `Released` does so every 0.1 s, from a thread, for the Datasets
 a step is reading in a pass it does not control (TRL's packing, datasets'
 save_to_disk).
 

@@ -137,7 +137,7 @@ def _truncate(batch, *, max_length):
     return {"input_ids": [x[:max_length] for x in batch["input_ids"]], "labels": [x[:max_length] for x in batch["labels"]]}
 
 
-def tokenize_and_pack(dataset, *, assistant_only_loss: bool, max_length: int, packing: bool, packing_strategy: str, fingerprint: str):
+def label_and_pack(dataset, *, assistant_only_loss: bool, max_length: int, packing: bool, packing_strategy: str, fingerprint: str):
     """The training rows of a prepared SFT or mid-training Dataset (its
     stored `input_ids`, and `assistant_masks` for conversations) with their
     labels and (with packing) packed: TRL's prepared dataset for the same rows."""

@@ -25,7 +25,7 @@ from posttrain.data import code_digest
 from posttrain.data.artifacts import INFO_FILE, read_dataset, read_info, save_shards
 from posttrain.data.pages import Released
 from posttrain.data.rows import stored_conversation
-from posttrain.data.tokenize import TokenizeError, tokenize_and_pack, tokenizer_digest
+from posttrain.data.tokenize import TokenizeError, label_and_pack, tokenizer_digest
 from posttrain.models import read_model_ref
 from posttrain.stages.context import StageContext, StageResult
 from posttrain.stages.training import load_tokenizer, materialize_shared
@@ -78,7 +78,7 @@ def run(ctx: StageContext) -> StageResult:
             with Released(dataset):  # a random row read maps about a MB of the file around it
                 summary = lint(_Rows(dataset), tokenizer, sample=train.get("template_lint_rows"), seed=cfg["seed"])
             log.info("chat template lint passed: %s", summary)
-        packed = tokenize_and_pack(dataset, assistant_only_loss=settings["assistant_only_loss"], max_length=settings["max_length"],
+        packed = label_and_pack(dataset, assistant_only_loss=settings["assistant_only_loss"], max_length=settings["max_length"],
                                    packing=settings["packing"], packing_strategy=settings["packing_strategy"],
                                    fingerprint=key.rsplit("/", 1)[1])
         local = ctx.workdir / "tokenized"
